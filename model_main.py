@@ -1,0 +1,198 @@
+"""Train a Where-to-look model: answer the prompts, or pass every answer as a flag.
+
+    python model_main.py                                   # asks what to train
+    python model_main.py --dataset malaria --data-dir ~/cell_images --network last --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from model_data import DatasetCache, DatasetError, ImageError, make_dataset, write_test_manifest
+from model_network import build_network
+from model_trainer import CheckpointTrainer, classification_report, format_report
+from prompts import NoAnswer, ask
+from runtime import DEVICE_CHOICES, pick_device, seed_everything
+from weights import CheckpointError, load_checkpoint
+
+PROJECT = Path(__file__).resolve().parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Every prompt's answer and every training knob as a flag."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=["gender", "malaria", "folder"], help="data set to train on (asked if missing)")
+    p.add_argument("--data-dir", type=Path, help="the data set's folder (asked if missing)")
+    p.add_argument("--network", choices=["last", "every"], help="CAM of the last block only, or of every block")
+    p.add_argument("--loss", choices=["last", "every"], help="for --network every: loss on the last block or summed over all")
+    p.add_argument("--epochs", type=int, default=10, help="epochs in total, resumes included (default 10)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    p.add_argument("--max-per-class", type=int, default=None, help="use at most this many training images per class")
+    p.add_argument("--image-size", type=int, default=128, help="side of the square network input, divisible by 16")
+    p.add_argument("--workers", type=int, default=2, help="processes that decode images into the cache (default 2)")
+    p.add_argument("--models-dir", type=Path, default=PROJECT / "models", help="where checkpoints go (default models/)")
+    p.add_argument("--manifest-dir", type=Path, default=PROJECT / "data", help="where the test-split manifest goes")
+    p.add_argument("--seed", type=int, default=0, help="seed for subsets, shuffling, augmentation and init")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto picks CUDA, then MPS, then CPU")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3; the seed used 1e-4)")
+    p.add_argument("--gamma", type=float, default=0.8, help="ExponentialLR decay per epoch (default 0.8; seed 0.95)")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random flips/90-degree turns")
+    args = p.parse_args(argv)
+    if args.image_size <= 0 or args.image_size % 16:
+        p.error("--image-size must be a positive multiple of 16")
+    for name in ("epochs", "batch_size", "max_per_class"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    return args
+
+
+def _existing_folder(answer: str) -> str | None:
+    return None if Path(answer).expanduser().is_dir() else f"{answer}: no such folder, please try again."
+
+
+def complete_with_prompts(args: argparse.Namespace) -> argparse.Namespace:
+    """Ask, in the seed's order, for every answer that no flag gave."""
+    if args.dataset is None:
+        letter = ask(
+            "Train on the Gender (G) or the Malaria (M) data set, or on any folder of class sub-folders (F)?",
+            "--dataset {gender,malaria,folder}",
+            choices=["G", "M", "F"],
+        )
+        args.dataset = {"G": "gender", "M": "malaria", "F": "folder"}[letter]
+    if args.data_dir is None:
+        where = {
+            "malaria": "the malaria data set (the folder holding Parasitized/ and Uninfected/, or its parent)",
+            "gender": "the gender data set (the Dataset/ folder with Train/, Validation/, Test/, or its parent)",
+            "folder": "the folder of class sub-folders",
+        }[args.dataset]
+        args.data_dir = Path(ask(f"Path to {where}:", "--data-dir PATH", check=_existing_folder)).expanduser()
+    if args.network is None:
+        if args.dataset == "malaria":
+            letter = ask(
+                "Heatmaps of the last conv block only (L) or of every block (E)?", "--network {last,every}", ["L", "E"]
+            )
+            args.network = "last" if letter == "L" else "every"
+        else:
+            args.network = "last"
+    if args.network == "every" and args.loss is None:
+        letter = ask("Loss on the last block only (L) or summed over every block (E)?", "--loss {last,every}", ["L", "E"])
+        args.loss = "last" if letter == "L" else "every"
+    if args.network == "last":
+        args.loss = "last"
+    return args
+
+
+def data_name(args: argparse.Namespace) -> str:
+    """The data-set part of file names: gender, malaria, or the folder's own name."""
+    if args.dataset != "folder":
+        return args.dataset
+    return re.sub(r"[^A-Za-z0-9]+", "_", Path(args.data_dir).resolve().name).strip("_").lower() or "folder"
+
+
+def run_name(args: argparse.Namespace) -> str:
+    """The seed's naming: last, every_single_loss or every_multi_loss."""
+    if args.network == "last":
+        return "last"
+    return "every_multi_loss" if args.loss == "every" else "every_single_loss"
+
+
+def manifest_name(args: argparse.Namespace) -> str:
+    """The seed's manifest names: *_testing_filenames_{last,every,every_every}.json."""
+    suffix = {"last": "last", "every_single_loss": "every", "every_multi_loss": "every_every"}[run_name(args)]
+    return f"{data_name(args)}_testing_filenames_{suffix}.json"
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Train (or resume) one model as the arguments say; returns the test report."""
+    device = pick_device(args.device)
+    seed_everything(args.seed)
+    options = {"size": args.image_size, "seed": args.seed}
+    train_set = make_dataset(args.dataset, args.data_dir, "train", max_samples_per_class=args.max_per_class, **options)
+    val_set = make_dataset(args.dataset, args.data_dir, "val", **options)
+    test_set = make_dataset(args.dataset, args.data_dir, "test", **options)
+    class_names = train_set.class_names
+    manifest = write_test_manifest(test_set, args.manifest_dir / manifest_name(args))
+    print(
+        f"{args.dataset}: {len(train_set)} training, {len(val_set)} validation, {len(test_set)} test images; "
+        f"classes {', '.join(class_names)}; device {device}; test files listed in {manifest}",
+        file=sys.stderr,
+    )
+
+    caches = [DatasetCache(s).fill(args.workers, f"decoding {n}") for s, n in ((train_set, "train"), (val_set, "val"))]
+    loader_train = DataLoader(caches[0], batch_size=args.batch_size, shuffle=True)
+    loader_val = DataLoader(caches[1], batch_size=256)
+
+    network = build_network(args.network, len(class_names))
+    checkpoint = args.models_dir / f"model_{data_name(args)}_{run_name(args)}.pt"
+    metadata = {
+        "class_names": class_names,
+        "image_size": args.image_size,
+        "network": args.network,
+        "loss": args.loss,
+        "dataset": args.dataset,
+        "seed": args.seed,
+    }
+    trainer = CheckpointTrainer(
+        network,
+        torch.nn.CrossEntropyLoss(),
+        checkpoint,
+        args.epochs,
+        every_layer_loss=args.loss == "every",
+        metadata=metadata,
+        seed=args.seed,
+        lr=args.lr,
+        gamma=args.gamma,
+        device=device,
+        augment=args.augment,
+    )
+    try:
+        history = trainer.train(loader_train, loader_val)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: {checkpoint} holds epoch {trainer.ep} of {args.epochs}; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+
+    # The test split is judged with the best-validation weights, as they are the ones to use.
+    best = load_checkpoint(trainer.best_path)
+    trainer.network.load_state_dict(best["net_state_dict"])
+    loader_test = DataLoader(DatasetCache(test_set).fill(args.workers, "decoding test"), batch_size=256)
+    report = classification_report(*trainer.predict(loader_test), class_names)
+    report.update(checkpoint=str(checkpoint), best_checkpoint=str(trainer.best_path), best_epoch=best.get("epoch"))
+    report["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    report["history"] = history
+    print(format_report(report))
+    metrics_path = checkpoint.with_suffix(".metrics.json")
+    metrics_path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"checkpoint: {checkpoint}\nbest weights: {trainer.best_path}\nmetrics: {metrics_path}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: prompts for what flags left open, trains, prints one line on any error."""
+    args = parse_args(argv)
+    try:
+        args = complete_with_prompts(args)
+        args.models_dir.mkdir(parents=True, exist_ok=True)
+        train(args)
+    except (NoAnswer, DatasetError, ImageError, CheckpointError, RuntimeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
