@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model_network import Network, NetworkMultiLoss
+
 
 def class_activation_map(features: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
     """CAM of a batch: features (B, K, h, w) and per-image class weights (B, K) -> (B, h, w)."""
@@ -41,12 +43,12 @@ def normalize(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return scaled.clamp_(0.0, 1.0).to(maps.dtype).view_as(maps)
 
 
-def upsample(maps: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+def upsample(maps: torch.Tensor, size: int | tuple[int, ...]) -> torch.Tensor:
     """Bilinear upsampling of (B, h, w) maps to (B, H, W)."""
     return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
 
 
-def heatmap(cam: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+def heatmap(cam: torch.Tensor, size: int | tuple[int, ...]) -> torch.Tensor:
     """What is drawn: the raw maps upsampled to the image, then normalised per image."""
     return normalize(upsample(cam, size))
 
@@ -80,6 +82,13 @@ class BlockExplanation:
     mean_heatmaps: list[torch.Tensor]  # 4 x (B, H, W) normalised means
 
 
+def _linear(network: Network | NetworkMultiLoss) -> nn.Linear:
+    """The classifier's final Linear layer (after Flatten and Dropout)."""
+    layer = network.classifier[-1]
+    assert isinstance(layer, nn.Linear)
+    return layer
+
+
 def _pick_class(logits: torch.Tensor, class_index: int | None) -> torch.Tensor:
     if class_index is None:
         return logits.argmax(dim=1)
@@ -88,38 +97,43 @@ def _pick_class(logits: torch.Tensor, class_index: int | None) -> torch.Tensor:
     return torch.full((logits.shape[0],), class_index, dtype=torch.long, device=logits.device)
 
 
-def last_block_features(network: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def last_block_features(network: Network | NetworkMultiLoss, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, last block's features) of either network, in one forward pass."""
-    if hasattr(network, "transform1"):  # NetworkMultiLoss
+    if isinstance(network, NetworkMultiLoss):
         features = network.block_outputs(images)[-1]
         return network.classifier(network.gap(features)), features
-    return network(images, return_cam=True)
+    logits, features = network(images, return_cam=True)
+    return logits, features
 
 
 @torch.no_grad()
-def explain_last_block(network: nn.Module, images: torch.Tensor, class_index: int | None = None) -> Explanation:
+def explain_last_block(
+    network: Network | NetworkMultiLoss, images: torch.Tensor, class_index: int | None = None
+) -> Explanation:
     """CAM of the last conv block for the predicted class (or class_index), batched."""
     logits, features = last_block_features(network, images)
     classes = _pick_class(logits, class_index)
-    weight, _ = head_weights(network.classifier[-1])
+    weight, _ = head_weights(_linear(network))
     cam = class_activation_map(features, weight[classes])
-    return Explanation(logits, classes, cam, heatmap(cam, images.shape[-2:]))
+    return Explanation(logits, classes, cam, heatmap(cam, tuple(images.shape[-2:])))
 
 
 @torch.no_grad()
-def explain_every_block(network: nn.Module, images: torch.Tensor, class_index: int | None = None) -> BlockExplanation:
+def explain_every_block(
+    network: Network | NetworkMultiLoss, images: torch.Tensor, class_index: int | None = None
+) -> BlockExplanation:
     """Exact CAM of each block through its own head, plus each block's mean activation."""
-    if not hasattr(network, "transforms"):
+    if not isinstance(network, NetworkMultiLoss):
         raise TypeError("the every-block view needs a NetworkMultiLoss (trained with --network every)")
     blocks = network.block_outputs(images)
-    classifier = network.classifier[-1]
+    classifier = _linear(network)
     heads = [head_weights(classifier, t) for t in network.transforms()]
     block_logits = [network.gap(b).flatten(1) @ w.T + bias for b, (w, bias) in zip(blocks, heads)]
     logits = block_logits[-1]
     classes = _pick_class(logits, class_index)
     cams = [class_activation_map(b, w[classes]) for b, (w, _) in zip(blocks, heads)]
     means = [b.mean(dim=1) for b in blocks]
-    size = images.shape[-2:]
+    size = tuple(images.shape[-2:])
     return BlockExplanation(
         logits=logits,
         class_index=classes,

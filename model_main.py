@@ -1,7 +1,7 @@
 """Train a Where-to-look model: answer the prompts, or pass every answer as a flag.
 
-    python model_main.py                                   # asks what to train
-    python model_main.py --dataset malaria --data-dir ~/cell_images --network last --epochs 10
+python model_main.py                                   # asks what to train
+python model_main.py --dataset malaria --data-dir ~/cell_images --network last --epochs 10
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", choices=["gender", "malaria", "folder"], help="data set to train on (asked if missing)")
     p.add_argument("--data-dir", type=Path, help="the data set's folder (asked if missing)")
     p.add_argument("--network", choices=["last", "every"], help="CAM of the last block only, or of every block")
-    p.add_argument("--loss", choices=["last", "every"], help="for --network every: loss on the last block or summed over all")
+    p.add_argument(
+        "--loss", choices=["last", "every"], help="for --network every: loss on the last block or summed over all"
+    )
     p.add_argument("--epochs", type=int, default=10, help="epochs in total, resumes included (default 10)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
     p.add_argument("--max-per-class", type=int, default=None, help="use at most this many training images per class")
@@ -44,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3; the seed used 1e-4)")
     p.add_argument("--gamma", type=float, default=0.8, help="ExponentialLR decay per epoch (default 0.8; seed 0.95)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random flips/90-degree turns")
+    p.add_argument("--restart", action="store_true", help="train from scratch, replacing an existing checkpoint")
     args = p.parse_args(argv)
     if args.image_size <= 0 or args.image_size % 16:
         p.error("--image-size must be a positive multiple of 16")
@@ -83,7 +86,9 @@ def complete_with_prompts(args: argparse.Namespace) -> argparse.Namespace:
         else:
             args.network = "last"
     if args.network == "every" and args.loss is None:
-        letter = ask("Loss on the last block only (L) or summed over every block (E)?", "--loss {last,every}", ["L", "E"])
+        letter = ask(
+            "Loss on the last block only (L) or summed over every block (E)?", "--loss {last,every}", ["L", "E"]
+        )
         args.loss = "last" if letter == "L" else "every"
     if args.network == "last":
         args.loss = "last"
@@ -110,6 +115,30 @@ def manifest_name(args: argparse.Namespace) -> str:
     return f"{data_name(args)}_testing_filenames_{suffix}.json"
 
 
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    """The seed's checkpoint names: model_malaria_last.pt, model_malaria_every_multi_loss.pt..."""
+    return args.models_dir / f"model_{data_name(args)}_{run_name(args)}.pt"
+
+
+def confirm_restart(args: argparse.Namespace) -> None:
+    """Ask before replacing a checkpoint that holds weights but no training state (bundled, downloaded)."""
+    path = checkpoint_path(args)
+    if args.restart or not path.is_file():
+        return
+    content = load_checkpoint(path)
+    if "optim_state_dict" in content:
+        return  # a run of ours that can be resumed: resume it
+    answer = ask(
+        f"{path} holds weights without training state (bundled or downloaded), so it cannot be resumed. "
+        "Train a new model and replace it? (Y/N)",
+        "--restart (or another --models-dir)",
+        ["Y", "N"],
+    )
+    if answer == "N":
+        raise CheckpointError(f"{path}: kept; pass another --models-dir to train a model beside it")
+    args.restart = True
+
+
 def train(args: argparse.Namespace) -> dict:
     """Train (or resume) one model as the arguments say; returns the test report."""
     device = pick_device(args.device)
@@ -131,7 +160,7 @@ def train(args: argparse.Namespace) -> dict:
     loader_val = DataLoader(caches[1], batch_size=256)
 
     network = build_network(args.network, len(class_names))
-    checkpoint = args.models_dir / f"model_{data_name(args)}_{run_name(args)}.pt"
+    checkpoint = checkpoint_path(args)
     metadata = {
         "class_names": class_names,
         "image_size": args.image_size,
@@ -148,6 +177,7 @@ def train(args: argparse.Namespace) -> dict:
         every_layer_loss=args.loss == "every",
         metadata=metadata,
         seed=args.seed,
+        resume=not args.restart,
         lr=args.lr,
         gamma=args.gamma,
         device=device,
@@ -183,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         args = complete_with_prompts(args)
+        confirm_restart(args)
         args.models_dir.mkdir(parents=True, exist_ok=True)
         train(args)
     except (NoAnswer, DatasetError, ImageError, CheckpointError, RuntimeError, OSError) as error:

@@ -7,6 +7,8 @@ of the original project so that its published checkpoints load with strict=True.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -62,7 +64,7 @@ class Network(nn.Module):
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.classifier = _classifier(num_classes)
 
-    def forward(self, x: torch.Tensor, return_cam: bool = False):
+    def forward(self, x: torch.Tensor, return_cam: bool = False) -> Any:
         """Logits, or (logits, last block's features) when return_cam is set."""
         features = self.features(x)
         logits = self.classifier(self.gap(features))
@@ -111,7 +113,7 @@ class NetworkMultiLoss(nn.Module):
         """The per-block maps into the classifier's 256 inputs (identity for block 4)."""
         return self.transform1, self.transform2, self.transform3, nn.Identity()
 
-    def forward(self, x: torch.Tensor, return_features: bool = False, return_outputs: bool = False):
+    def forward(self, x: torch.Tensor, return_features: bool = False, return_outputs: bool = False) -> Any:
         """Last block's logits; the four block outputs; or ((x_i, logits_i) for each block)."""
         blocks = self.block_outputs(x)
         if return_features:

@@ -132,7 +132,11 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as the text table that notebook 003 of the seed prints."""
     names = report["class_names"]
     width = max(12, *(len(n) for n in names))
-    lines = [f"accuracy: {100 * report['accuracy']:.2f}% on {report['images']} images", "", "confusion matrix (rows: true, columns: predicted)"]
+    lines = [
+        f"accuracy: {100 * report['accuracy']:.2f}% on {report['images']} images",
+        "",
+        "confusion matrix (rows: true, columns: predicted)",
+    ]
     lines.append(" " * width + "".join(f"{n:>{width}}" for n in names))
     for name, row in zip(names, report["confusion_matrix"]):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>{width}}" for v in row))
@@ -159,6 +163,7 @@ class CheckpointTrainer(Trainer):
         every_layer_loss: bool = False,
         metadata: dict[str, Any] | None = None,
         seed: int = 0,
+        resume: bool = True,
         **trainer_options: Any,
     ) -> None:
         super().__init__(network, loss_function, every_layer_loss, **trainer_options)
@@ -169,7 +174,7 @@ class CheckpointTrainer(Trainer):
         self.seed = seed
         self.ep = 0
         self.best_val_acc = 0.0
-        if self.chkpt_path.exists():
+        if resume and self.chkpt_path.exists():
             self._resume()
 
     def _resume(self) -> None:
@@ -178,13 +183,13 @@ class CheckpointTrainer(Trainer):
         if missing:
             raise CheckpointError(
                 f"{self.chkpt_path}: cannot resume, the checkpoint lacks {', '.join(sorted(missing))} "
-                "(move it away or pass another --models-dir to start afresh)"
+                "(pass --restart to train a new model over it, or another --models-dir)"
             )
         for key in ("network", "loss", "dataset", "image_size", "class_names"):
             if key in checkpoint and key in self.metadata and checkpoint[key] != self.metadata[key]:
                 raise CheckpointError(
                     f"{self.chkpt_path}: was trained with {key}={checkpoint[key]!r}, this run asks for "
-                    f"{self.metadata[key]!r} (move it away or pass another --models-dir)"
+                    f"{self.metadata[key]!r} (pass --restart to replace it, or another --models-dir)"
                 )
         try:
             self.network.load_state_dict(checkpoint["net_state_dict"], strict=True)
@@ -228,7 +233,13 @@ class CheckpointTrainer(Trainer):
             if improved:
                 best = {k: v for k, v in self._state().items() if k not in ("optim_state_dict", "scheduler_state_dict")}
                 save_checkpoint(best, self.best_path)
-            row = {"epoch": self.ep, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
+            row = {
+                "epoch": self.ep,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+            }
             history.append(row)
             print(
                 f"{label}: train loss {train_loss:.4f} acc {train_acc:.2f}% | "

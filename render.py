@@ -75,7 +75,15 @@ def blocks_figure(
     overlay(axes[0][0], image, None, "original")
     if fused is None:
         axes[1][0].set_axis_off()
-        axes[1][0].text(0.5, 0.5, "top: the seed's view\n(mean over channels)\n\nbottom: exact CAM of\neach block's own head", ha="center", va="center", fontsize=10, transform=axes[1][0].transAxes)
+        axes[1][0].text(
+            0.5,
+            0.5,
+            "top: the seed's view\n(mean over channels)\n\nbottom: exact CAM of\neach block's own head",
+            ha="center",
+            va="center",
+            fontsize=10,
+            transform=axes[1][0].transAxes,
+        )
     else:
         overlay(axes[1][0], image, fused, "fused (all blocks)")
     for i, (mean_heat, cam_heat, title) in enumerate(zip(mean_heats, cam_heats, block_titles), start=1):

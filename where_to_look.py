@@ -1,12 +1,12 @@
 """Where does the network look? Render CAM heatmaps: answer the prompts, or script it.
 
-    python where_to_look.py                       # asks, in the original project's order
-    python where_to_look.py demo                  # bundled cells and weights, offline
-    python where_to_look.py single --image cell.png [--class Uninfected]
-    python where_to_look.py multi --loss every --image cells/
-    python where_to_look.py gender100 --data-dir ~/gender/Dataset [--count 100]
-    python where_to_look.py overlay --image male100.png female100.png
-    python where_to_look.py download [--weights-url URL]
+python where_to_look.py                       # asks, in the original project's order
+python where_to_look.py demo                  # bundled cells and weights, offline
+python where_to_look.py single --image cell.png [--class Uninfected]
+python where_to_look.py multi --loss every --image cells/
+python where_to_look.py gender100 --data-dir ~/gender/Dataset [--count 100]
+python where_to_look.py overlay --image male100.png female100.png
+python where_to_look.py download [--weights-url URL]
 """
 
 from __future__ import annotations
@@ -123,7 +123,9 @@ def class_index_of(answer: str | None, class_names: Sequence[str]) -> int | None
         return lowered.index(answer.lower())
     if answer.isdigit() and int(answer) < len(class_names):
         return int(answer)
-    raise UsageError(f"--class {answer}: the model's classes are {', '.join(class_names)} (or 0..{len(class_names) - 1})")
+    raise UsageError(
+        f"--class {answer}: the model's classes are {', '.join(class_names)} (or 0..{len(class_names) - 1})"
+    )
 
 
 # --------------------------------------------------------------------------- output helpers
@@ -203,7 +205,10 @@ def render_single(
             predicted = int(result.logits[i].argmax())
             shown = int(result.class_index[i])
             title = f"{names[shown]} {probabilities[i, shown]:.1%}"
-            caption = path.name if shown == predicted else f"{path.name}\npredicted {names[predicted]} {probabilities[i, predicted]:.1%}, showing where it sees {names[shown]}"
+            caption = path.name
+            if shown != predicted:
+                predicted_text = f"{names[predicted]} {probabilities[i, predicted]:.1%}"
+                caption += f"\npredicted {predicted_text}, showing where it sees {names[shown]}"
             truth = truths[start + i]
             if truth is not None:
                 caption += f"  (true class: {truth})"
@@ -220,7 +225,16 @@ def render_single(
                 "image": str(path),
             }
             png = outputs.save(fig, f"{path.stem}_single", numbers)
-            rows.append({"image": path, "png": png, "predicted": names[predicted], "probability": float(probabilities[i, predicted]), "heatmap": heat, "truth": truth})
+            rows.append(
+                {
+                    "image": path,
+                    "png": png,
+                    "predicted": names[predicted],
+                    "probability": float(probabilities[i, predicted]),
+                    "heatmap": heat,
+                    "truth": truth,
+                }
+            )
     return rows
 
 
@@ -308,7 +322,9 @@ def render_gender100(maps: GenderMaps, outputs: Outputs, model: LoadedModel) -> 
     """The two averaged maps side by side over their mean faces."""
     genders = list(maps.heatmaps)
     titles = [f"{g}: mean CAM of {len(maps.files[g])} test faces" for g in genders]
-    fig = render.gender100_figure([maps.faces[g] for g in genders], [maps.heatmaps[g] for g in genders], titles, f"Gender100 ({model.path.name})")
+    fig = render.gender100_figure(
+        [maps.faces[g] for g in genders], [maps.heatmaps[g] for g in genders], titles, f"Gender100 ({model.path.name})"
+    )
     numbers = {f"heatmap_{g.lower()}": maps.heatmaps[g] for g in genders}
     numbers.update({f"files_{g.lower()}": np.array(maps.files[g]) for g in genders})
     return outputs.save(fig, "gender100", numbers)
@@ -323,7 +339,9 @@ def render_overlay_from_maps(maps: GenderMaps, outputs: Outputs) -> Path:
     blended = (jet(male)[..., :3] + jet(female)[..., :3]) / 2
     face = (maps.faces["Male"] + maps.faces["Female"]) / 2
     fig = render.blend_figure(blended, "Gender100 maps blended (male + female) / 2", male - female, face)
-    return outputs.save(fig, "gender_overlay", {"heatmap_male": male, "heatmap_female": female, "difference": male - female})
+    return outputs.save(
+        fig, "gender_overlay", {"heatmap_male": male, "heatmap_female": female, "difference": male - female}
+    )
 
 
 def render_overlay_from_files(first: Path, second: Path, outputs: Outputs) -> Path:
@@ -337,7 +355,8 @@ def render_overlay_from_files(first: Path, second: Path, outputs: Outputs) -> Pa
         except (OSError, ValueError, SyntaxError) as error:
             raise ImageError(f"{path}: cannot read image ({error})") from None
     if pictures[0].shape != pictures[1].shape:
-        raise ImageError(f"{first} and {second} differ in size ({pictures[0].shape[:2]} vs {pictures[1].shape[:2]}); blend two outputs of one run")
+        sizes = f"{pictures[0].shape[:2]} vs {pictures[1].shape[:2]}"
+        raise ImageError(f"{first} and {second} differ in size ({sizes}); blend two outputs of one run")
     scale = 255.0 if pictures[0].max() > 1.0 else 1.0
     blended = np.clip((pictures[0] + pictures[1]) / 2 / scale, 0, 1)
     fig = render.blend_figure(blended, f"{first.name} + {second.name}")
@@ -366,9 +385,15 @@ def choose_model(args: argparse.Namespace, view: str, device: torch.device) -> L
 
 def demo_cells(folder: Path = DEMO_DIR) -> list[tuple[Path, str]]:
     """The bundled demo cells as (path, true class)."""
-    cells = [(p, cls) for cls in ("Parasitized", "Uninfected") for p in list_images(folder / cls)] if folder.is_dir() else []
+    cells = (
+        [(p, cls) for cls in ("Parasitized", "Uninfected") for p in list_images(folder / cls)]
+        if folder.is_dir()
+        else []
+    )
     if not cells:
-        raise DatasetError(f"{folder}: the bundled demo cells are missing (data/demo/Parasitized, data/demo/Uninfected)")
+        raise DatasetError(
+            f"{folder}: the bundled demo cells are missing (data/demo/Parasitized, data/demo/Uninfected)"
+        )
     return cells
 
 
@@ -383,7 +408,8 @@ def run_demo(args: argparse.Namespace, device: torch.device) -> list[Path]:
     for row in rows:
         ok = row["predicted"] == row["truth"]
         correct += ok
-        print(f"{row['image'].name:<52}{row['truth']:<13}{row['predicted']} {row['probability']:.1%}{'' if ok else '  <- wrong'}")
+        verdict = "" if ok else "  <- wrong"
+        print(f"{row['image'].name:<52}{row['truth']:<13}{row['predicted']} {row['probability']:.1%}{verdict}")
     print(f"{correct} of {len(rows)} demo cells classified correctly by {model.path.name}\n")
     fig = render.contact_sheet(
         [original_image(r["image"]) for r in rows],
@@ -406,7 +432,11 @@ def ensure_models(args: argparse.Namespace) -> None:
     """The seed's first question: offer the download when no checkpoint is found at all."""
     if args.model is not None or find_checkpoints(model_folders(args.models_dir)):
         return
-    answer = ask("No trained models found. Download the pretrained models from Google Drive? (Y/N)", "'download' or --model PATH", ["Y", "N"])
+    answer = ask(
+        "No trained models found. Download the pretrained models from Google Drive? (Y/N)",
+        "'download' or --model PATH",
+        ["Y", "N"],
+    )
     if answer == "N":
         raise CheckpointError("no models: train one with model_main.py, or pass --model PATH")
     download_weights(args.weights_url, args.models_dir)
@@ -423,12 +453,20 @@ def _file(answer: str) -> str | None:
 def complete_with_prompts(args: argparse.Namespace) -> argparse.Namespace:
     """Ask, in the seed's order, for the command and whatever it still needs."""
     ensure_models(args)
-    letter = ask("Gender (A), Malaria (B), or other features (C: Gender100 / OverlayMaleFemale)?", "a command: single, multi, gender100 or overlay", ["A", "B", "C"])
+    letter = ask(
+        "Gender (A), Malaria (B), or other features (C: Gender100 / OverlayMaleFemale)?",
+        "a command: single, multi, gender100 or overlay",
+        ["A", "B", "C"],
+    )
     if letter == "C":
         other = ask("Gender100 (A) or OverlayMaleFemale (B)?", "gender100 or overlay", ["A", "B"])
         args.command = "gender100" if other == "A" else "overlay"
         if args.command == "gender100" and args.data_dir is None:
-            args.data_dir = Path(ask("Path to the gender data set (the Dataset/ folder or its parent):", "--data-dir PATH", check=_folder)).expanduser()
+            args.data_dir = Path(
+                ask(
+                    "Path to the gender data set (the Dataset/ folder or its parent):", "--data-dir PATH", check=_folder
+                )
+            ).expanduser()
         if args.command == "overlay" and args.image is None:
             first = ask("Path of the saved male Gender100 picture:", "--image MALE.png FEMALE.png", check=_file)
             second = ask("Path of the saved female Gender100 picture:", "--image MALE.png FEMALE.png", check=_file)
@@ -437,14 +475,22 @@ def complete_with_prompts(args: argparse.Namespace) -> argparse.Namespace:
     args.dataset = "gender" if letter == "A" else "malaria"
     own = ask("Your own picture (A) or the demo pictures (B)?", "--image PATH", ["A", "B"]) == "A"
     if own and args.image is None:
-        args.image = [Path(ask("Path of your picture (or a folder of pictures):", "--image PATH", check=_file)).expanduser()]
+        args.image = [
+            Path(ask("Path of your picture (or a folder of pictures):", "--image PATH", check=_file)).expanduser()
+        ]
     args.command = "single"
     if args.dataset == "malaria":
-        every = ask("Heatmap of the last conv layer only (A) or of every layer (B)?", "single or multi", ["A", "B"]) == "B"
+        every = (
+            ask("Heatmap of the last conv layer only (A) or of every layer (B)?", "single or multi", ["A", "B"]) == "B"
+        )
         if every:
             args.command = "multi"
             if args.loss is None:
-                loss = ask("The model trained with last-layer loss (A) or with every-layer loss (B)?", "--loss {last,every}", ["A", "B"])
+                loss = ask(
+                    "The model trained with last-layer loss (A) or with every-layer loss (B)?",
+                    "--loss {last,every}",
+                    ["A", "B"],
+                )
                 args.loss = "last" if loss == "A" else "every"
     if not own:
         args.demo_pictures = True
@@ -455,11 +501,19 @@ def demo_pictures(args: argparse.Namespace, model: LoadedModel) -> tuple[list[Pa
     """The seed's demo pictures: manifest test cells (malaria) or 10 random test faces per gender."""
     if args.dataset == "gender":
         if args.data_dir is None:
-            args.data_dir = Path(ask("Path to the gender data set (the Dataset/ folder or its parent):", "--data-dir PATH", check=_folder)).expanduser()
+            args.data_dir = Path(
+                ask(
+                    "Path to the gender data set (the Dataset/ folder or its parent):", "--data-dir PATH", check=_folder
+                )
+            ).expanduser()
         test = GenderSet(args.data_dir, "test", max_samples_per_class=10, seed=args.seed)
         return [p for p, _ in test.samples], [test.class_names[y] for _, y in test.samples]
     if args.data_dir is None:
-        answer = ask("Path to the malaria data set (press Enter for the bundled demo cells):", "--data-dir PATH", check=lambda a: None if not a else _folder(a))
+        answer = ask(
+            "Path to the malaria data set (press Enter for the bundled demo cells):",
+            "--data-dir PATH",
+            check=lambda a: None if not a else _folder(a),
+        )
         if not answer:
             cells = demo_cells()
             return [p for p, _ in cells], [t for _, t in cells]
@@ -505,7 +559,9 @@ def run(args: argparse.Namespace) -> list[Path]:
         if args.data_dir is None:
             raise UsageError("gender100 needs the gender data set: pass --data-dir PATH")
         model = choose_model(args, "gender", device)
-        maps = gender100_maps(model, args.data_dir, args.count, args.seed, class_index_of(args.class_, model.class_names), device)
+        maps = gender100_maps(
+            model, args.data_dir, args.count, args.seed, class_index_of(args.class_, model.class_names), device
+        )
         render_gender100(maps, outputs, model)
         render_overlay_from_maps(maps, outputs)
         return outputs.written
@@ -537,7 +593,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         written = run(args)
         if args.show and written and not render.show_files(written):
             print("no display found: the pictures are saved, not shown")
-    except (NoAnswer, ImageError, DatasetError, CheckpointError, DownloadError, UsageError, RuntimeError, OSError) as error:
+    except (
+        NoAnswer,
+        ImageError,
+        DatasetError,
+        CheckpointError,
+        DownloadError,
+        UsageError,
+        RuntimeError,
+        OSError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
