@@ -212,10 +212,13 @@ def download_weights(url: str | None, dest: Path, quiet: bool = False) -> list[P
 
     url = (url or os.environ.get(WEIGHTS_URL_ENV) or PUBLISHED_FOLDER_URL).strip()
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # Staging beside dest (same file system, so os.replace is an atomic rename) and never inside
-    # it, so that nothing half-downloaded is ever where the tool looks for models.
-    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Staging beside dest (same file system, so os.replace is an atomic rename) and never inside
+        # it, so that nothing half-downloaded is ever where the tool looks for models.
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=dest.parent))
+    except OSError as error:
+        raise DownloadError(f"cannot write into {dest.parent} ({error.strerror or error})") from None
     try:
         fetched, unpacked = staging / "fetched", staging / "unpacked"
         fetched.mkdir()
@@ -246,11 +249,15 @@ def download_weights(url: str | None, dest: Path, quiet: bool = False) -> list[P
             for line in refused:
                 print(f"skipped {_one_line(line)}", file=sys.stderr)
 
-        dest.mkdir(parents=True, exist_ok=True)
-        installed = []
+        installed: list[Path] = []
         for target_name, candidate in valid.items():
             target = dest / target_name
-            os.replace(candidate, target)
+            try:
+                dest.mkdir(parents=True, exist_ok=True)
+                os.replace(candidate, target)
+            except OSError as error:
+                done = f" (installed so far: {', '.join(p.name for p in installed)})" if installed else ""
+                raise DownloadError(f"cannot install {target} ({error.strerror or error}){done}") from None
             installed.append(target)
         return installed
     finally:
@@ -299,6 +306,10 @@ def _network_reason(error: BaseException, staging: Path) -> str:
     if isinstance(error, gdown.exceptions.FileURLRetrievalError):
         return "Google Drive did not hand out the file (not shared with 'Anyone with the link', or over its quota)"
     text = str(error)
+    retried = re.match(r"Download failed after (\d+) retries", text)
+    if retried and isinstance(error.__cause__, requests.RequestException):
+        # gdown wraps the last attempt's error once its retries are spent.
+        return f"{_network_reason(error.__cause__, staging)} (after {retried.group(1)} retries)"
     if isinstance(error, requests.ConnectionError):
         host = urllib.parse.urlparse(error.request.url).hostname if error.request is not None else None
         where = host or "the server"
@@ -308,10 +319,14 @@ def _network_reason(error: BaseException, staging: Path) -> str:
             return f"{where} refused the connection"
     if isinstance(error, requests.Timeout):
         return "the server stopped answering (timed out)"
+    if isinstance(error, gdown.exceptions.DownloadError) and "did not honor the requested byte range" in text:
+        return "the download broke off and the server could not resume it (no HTTP Range support)"
     if isinstance(error, gdown.exceptions.DownloadError):
         # "Download is incomplete: ...\nThe received bytes are kept in <partial>...": keep the first line.
         lines = [line for line in text.splitlines() if line.strip()]
         text = lines[0] if lines and not lines[0].rstrip().endswith(":") else " ".join(lines)
+    # The staging folder, and with it any partial file gdown says it kept, is deleted on return.
+    text = re.sub(r"[;,.]? *the partial file is preserved\.?", "", text)
     return text.replace(f"{staging}{os.sep}", "") or type(error).__name__
 
 
@@ -347,8 +362,8 @@ def _zip_kind(path: Path) -> str:
 def _extract_checkpoints(path: Path, unpacked: Path, refused: list[str]) -> list[tuple[Path, str]]:
     """Extract a zip's .pt members by base name only, so that `../x.pt` cannot land outside `unpacked`."""
     found: list[tuple[Path, str]] = []
-    target_folder = unpacked / path.name
-    target_folder.mkdir()
+    # A folder per archive: two archives may hold members of the same name.
+    target_folder = Path(tempfile.mkdtemp(dir=unpacked))
     with zipfile.ZipFile(path) as archive:
         for member in archive.infolist():
             name = _safe_name(member.filename)
