@@ -78,7 +78,7 @@ def blocks_figure(
         axes[1][0].text(
             0.5,
             0.5,
-            "top: the seed's view\n(mean over channels)\n\nbottom: exact CAM of\neach block's own head",
+            "top: mean activation over\nchannels (the original\nproject's view)\n\nbottom: exact CAM through\neach block's own head",
             ha="center",
             va="center",
             fontsize=10,

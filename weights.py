@@ -45,6 +45,8 @@ def save_checkpoint(content: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
+        # mkstemp creates the file readable by its owner only; a checkpoint is no secret.
+        os.chmod(temporary, 0o644)
         with os.fdopen(handle, "wb") as stream:
             torch.save(content, stream)
             stream.flush()

@@ -548,6 +548,8 @@ def run(args: argparse.Namespace) -> list[Path]:
         return []
     device = pick_device(args.device)
     if args.command == "demo":
+        if args.out == Path("outputs"):
+            args.out = Path("outputs") / "demo"  # keep the demo's pictures apart from the user's own
         return run_demo(args, device)
     outputs = Outputs(args.out, args.save_npz)
     if args.command == "overlay":
