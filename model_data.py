@@ -306,14 +306,14 @@ class DatasetCache(Dataset):
             self.filled[index] = True
         return self.images[index], self.labels[index]
 
-    def fill(self, workers: int = 0, desc: str = "decoding") -> DatasetCache:
-        """Decode every missing image now (in parallel with workers > 0), with a progress bar."""
+    def fill(self, workers: int = 0, desc: str = "decoding", progress: bool = True) -> DatasetCache:
+        """Decode every missing image now (in parallel with workers > 0), with a progress bar if `progress`."""
         missing = torch.nonzero(~self.filled).flatten().tolist()
         if not missing:
             return self
         loader = DataLoader(_Decoder(self.dataset, missing), batch_size=64, num_workers=workers)
         position = 0
-        with tqdm(total=len(missing), desc=desc, unit="img", leave=False) as bar:
+        with tqdm(total=len(missing), desc=desc, unit="img", leave=False, disable=not progress) as bar:
             for images, problems in loader:
                 # A worker's exception would reach us as a multi-line traceback; the
                 # decoder returns the one-line message instead and we raise it here.

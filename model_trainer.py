@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
+from distributed import DistInfo, barrier, broadcast_buffers, reduce_sums
+from model_network import NetworkMultiLoss
 from weights import CheckpointError, load_checkpoint, save_checkpoint
 
 
@@ -36,8 +41,21 @@ def dihedral_augment(images: torch.Tensor, generator: torch.Generator | None = N
     return images
 
 
+def pick_amp_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype for --amp: bf16 on CUDA GPUs that have it, fp16 on older ones, None elsewhere."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None  # CPU autocast would be bf16 emulation on most CPUs: slower, not faster
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 class Trainer:
-    """Adam + ExponentialLR training of a Network or NetworkMultiLoss (optionally every-block loss)."""
+    """Adam + ExponentialLR training of a Network or NetworkMultiLoss (optionally every-block loss).
+
+    With `dist` (from distributed.setup() under torchrun) the network trains wrapped in
+    DistributedDataParallel; `self.network` stays the plain module, whose state_dict
+    (no `module.` or `_orig_mod.` prefixes) is what checkpoints hold.
+    """
 
     def __init__(
         self,
@@ -49,45 +67,121 @@ class Trainer:
         device: torch.device | str = "cpu",
         augment: bool = False,
         show_progress: bool = True,
+        dist: DistInfo | None = None,
+        amp_dtype: torch.dtype | None = None,
+        channels_last: bool = False,
+        compile_model: bool = False,
     ) -> None:
         self.device = torch.device(device)
+        self.dist = dist or DistInfo(device=self.device)
+        self.memory_format = torch.channels_last if channels_last else None
         self.network = network.to(self.device)
+        if self.memory_format is not None:
+            self.network = self.network.to(memory_format=self.memory_format)
         self.loss_function = loss_function
         self.every_layer_loss = every_layer_loss
         self.augment = augment
-        self.show_progress = show_progress
+        self.show_progress = show_progress and self.dist.is_main
         self.optim = torch.optim.Adam(self.network.parameters(), lr=lr)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optim, gamma)
+        self.amp_dtype = amp_dtype
+        # Only fp16 needs loss scaling; bf16 has float32's exponent range.
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp_dtype == torch.float16 else None
+        # self.model is what training steps call: the network, DDP-wrapped under torchrun,
+        # compiled with --compile. Validation and predict() call self.network itself.
+        self.model: nn.Module = self.network
+        if self.dist.enabled:
+            # A NetworkMultiLoss trained on its last block's loss never uses transform1-3;
+            # DDP must be told, or it waits forever for their gradients.
+            unused = isinstance(network, NetworkMultiLoss) and not every_layer_loss
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.network, device_ids=device_ids, find_unused_parameters=unused)
+        self._eager = self.model
+        if compile_model:
+            self.model = cast(nn.Module, torch.compile(self.model))  # lazily: errors show at the first step
 
-    def _loss_and_logits(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.every_layer_loss:
-            outputs = self.network(images, return_outputs=True)
-            # The sum of the four heads' losses: every block must classify on its own.
-            loss = sum(self.loss_function(logits, labels) for _, logits in outputs)
-            return loss, outputs[-1][1]  # accuracy is the last block's
-        logits = self.network(images)
-        return self.loss_function(logits, labels), logits
+    def _loss_and_logits(
+        self, images: torch.Tensor, labels: torch.Tensor, model: nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.network if model is None else model
+        with self._autocast():
+            if self.every_layer_loss:
+                outputs = model(images, return_outputs=True)
+                # The sum of the four heads' losses: every block must classify on its own.
+                loss = sum(self.loss_function(logits, labels) for _, logits in outputs)
+                return loss, outputs[-1][1]  # accuracy is the last block's
+            logits = model(images)
+            return self.loss_function(logits, labels), logits
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _input(self, images: torch.Tensor) -> torch.Tensor:
+        images = to_input(images, self.device)
+        if self.memory_format is not None:
+            images = images.contiguous(memory_format=self.memory_format)
+        return images
+
+    def _backward_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.optim.zero_grad(set_to_none=True)
+        loss, logits = self._loss_and_logits(images, labels, self.model)
+        if self.scaler is None:
+            loss.backward()
+            self.optim.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optim)
+            self.scaler.update()
+        return loss.detach(), logits.detach()
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a batch on the device, in the network's current mode; (loss, logits)."""
+        if self.model is self._eager:
+            return self._backward_step(images, labels)
+        try:
+            return self._backward_step(images, labels)
+        except Exception as error:
+            # torch.compile fails late and in many ways (no C compiler, an unsupported
+            # op, a backend bug); the uncompiled model computes the same thing. A real
+            # error of the model itself happens again below and is raised from there.
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            if self.dist.is_main:
+                print(f"note: torch.compile failed, training uncompiled ({first})", file=sys.stderr)
+            self.model = self._eager
+            return self._backward_step(images, labels)
 
     def epoch(self, loader: Iterable, training: bool, description: str = "") -> tuple[float, float]:
-        """One pass over the loader; returns (mean loss per image, accuracy in %)."""
-        self.network.train(training)
-        total_loss, correct, count = 0.0, 0, 0
+        """One pass over the loader; returns (mean loss per image, accuracy in %), over every process."""
+        if training:
+            self.model.train()
+        else:
+            self.network.eval()
+        # Sums stay on the device: reading them every step would make the GPU wait for the CPU.
+        sums = torch.zeros(3, dtype=torch.float32 if self.device.type == "mps" else torch.float64, device=self.device)
         bar = tqdm(loader, desc=description, leave=False, disable=not self.show_progress, dynamic_ncols=True)
         with torch.set_grad_enabled(training):
-            for images, labels in bar:
-                images = to_input(images, self.device)
+            for step, (images, labels) in enumerate(bar):
+                images = self._input(images)
                 labels = labels.to(self.device).reshape(-1)
-                if training and self.augment:
-                    images = dihedral_augment(images)
-                loss, logits = self._loss_and_logits(images, labels)
                 if training:
-                    self.optim.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optim.step()
-                total_loss += loss.item() * len(labels)
-                correct += int((logits.argmax(1) == labels).sum())
-                count += len(labels)
-                bar.set_postfix(loss=f"{total_loss / count:.4f}", acc=f"{100.0 * correct / count:.2f}%")
+                    if self.augment:
+                        images = dihedral_augment(images)
+                    loss, logits = self.train_step(images, labels)
+                else:
+                    loss, logits = self._loss_and_logits(images, labels)
+                sums[0] += loss.to(sums.dtype) * len(labels)
+                sums[1] += (logits.argmax(1) == labels).sum()
+                sums[2] += len(labels)
+                if self.show_progress and step % 10 == 0:
+                    total_loss, correct, seen = sums.tolist()
+                    bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{100.0 * correct / seen:.2f}%")
+        if training and self.dist.enabled:
+            broadcast_buffers(self.network)  # rank 0's batch-norm statistics, the ones it saves
+        if self.dist.enabled:
+            sums = reduce_sums(sums)  # every rank's (loss sum, correct, count): figures of the whole split
+        total_loss, correct, count = sums.tolist()
         if count == 0:
             raise ValueError("the loader yielded no images")
         return total_loss / count, 100.0 * correct / count
@@ -98,7 +192,7 @@ class Trainer:
         self.network.eval()
         truths, predictions = [], []
         for images, labels in loader:
-            logits = self.network(to_input(images, self.device))
+            logits = self.network(self._input(images))
             truths.append(labels.reshape(-1).cpu())
             predictions.append(logits.argmax(1).cpu())
         return torch.cat(truths), torch.cat(predictions)
@@ -200,7 +294,8 @@ class CheckpointTrainer(Trainer):
             raise CheckpointError(f"{self.chkpt_path}: does not match this network, cannot resume ({first})") from None
         self.ep = int(checkpoint["epoch"])
         self.best_val_acc = float(checkpoint.get("best_val_acc", 0.0))
-        print(f"resuming {self.chkpt_path} after epoch {self.ep} of {self.epochs}", file=sys.stderr)
+        if self.dist.is_main:
+            print(f"resuming {self.chkpt_path} after epoch {self.ep} of {self.epochs}", file=sys.stderr)
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -215,10 +310,15 @@ class CheckpointTrainer(Trainer):
     def train(self, loader_train: Iterable, loader_val: Iterable | None) -> list[dict[str, float]]:
         """Run the epochs still missing up to self.epochs; returns one history row per epoch run."""
         history = []
+        sampler = getattr(loader_train, "sampler", None)
         while self.ep < self.epochs:
             # Seeding per epoch makes a resumed run draw the same shuffles and
-            # augmentations as one that never stopped.
-            torch.manual_seed(self.seed * 100_003 + self.ep)
+            # augmentations as one that never stopped. Under torchrun each rank draws its
+            # own augmentations and dropout (rank 0 those of a single process), and the
+            # DistributedSampler its own epoch's shard of one shuffle seeded by the run.
+            torch.manual_seed(self.seed * 100_003 + self.ep + 1_000_003 * self.dist.rank)
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(self.ep)
             label = f"epoch {self.ep + 1}/{self.epochs}"
             train_loss, train_acc = self.epoch(loader_train, True, f"{label} train")
             if loader_val is not None:
@@ -229,10 +329,14 @@ class CheckpointTrainer(Trainer):
             self.ep += 1
             improved = val_acc > self.best_val_acc or not self.best_path.exists()
             self.best_val_acc = max(self.best_val_acc, val_acc)
-            save_checkpoint(self._state(), self.chkpt_path)
-            if improved:
-                best = {k: v for k, v in self._state().items() if k not in ("optim_state_dict", "scheduler_state_dict")}
-                save_checkpoint(best, self.best_path)
+            if self.dist.is_main:
+                save_checkpoint(self._state(), self.chkpt_path)
+                if improved:
+                    resume_only = ("optim_state_dict", "scheduler_state_dict")
+                    best = {k: v for k, v in self._state().items() if k not in resume_only}
+                    save_checkpoint(best, self.best_path)
+            if self.dist.enabled:
+                barrier()  # the other ranks wait until rank 0's checkpoint is complete, then go on or exit
             row = {
                 "epoch": self.ep,
                 "train_loss": train_loss,
@@ -241,6 +345,8 @@ class CheckpointTrainer(Trainer):
                 "val_acc": val_acc,
             }
             history.append(row)
+            if not self.dist.is_main:
+                continue
             print(
                 f"{label}: train loss {train_loss:.4f} acc {train_acc:.2f}% | "
                 f"val loss {val_loss:.4f} acc {val_acc:.2f}%{' (best)' if improved else ''}",

@@ -6,7 +6,11 @@ from collections.abc import Callable, Sequence
 
 
 class NoAnswer(Exception):
-    """Input ended before a question was answered; the message names the flag to pass."""
+    """Input ended before a question was answered; the message (and `flag`) names the flag to pass."""
+
+    def __init__(self, message: str, flag: str = "") -> None:
+        super().__init__(message)
+        self.flag = flag
 
 
 def ask(
@@ -28,7 +32,7 @@ def ask(
         try:
             answer = read(f"{question}{hint}\n--> ").strip()
         except EOFError:
-            raise NoAnswer(f"no answer to '{question}' (input ended): pass {flag} instead") from None
+            raise NoAnswer(f"no answer to '{question}' (input ended): pass {flag} instead", flag) from None
         if wanted:
             if answer.upper() in wanted:
                 return answer.upper()
