@@ -75,17 +75,8 @@ def blocks_figure(
     overlay(axes[0][0], image, None, "original")
     if fused is None:
         axes[1][0].set_axis_off()
-        axes[1][0].text(
-            0.5,
-            0.5,
-            "top: mean activation over\nchannels (the original\nproject's view)\n\nbottom: exact CAM through\neach block's own head",
-            ha="center",
-            va="center",
-            fontsize=10,
-            transform=axes[1][0].transAxes,
-        )
     else:
-        overlay(axes[1][0], image, fused, "fused (all blocks)")
+        overlay(axes[1][0], image, fused, "fused: max over blocks")
     for i, (mean_heat, cam_heat, title) in enumerate(zip(mean_heats, cam_heats, block_titles), start=1):
         overlay(axes[0][i], image, mean_heat, f"block {i}: mean activation")
         artist = overlay(axes[1][i], image, cam_heat, title)

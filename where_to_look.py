@@ -7,6 +7,9 @@ python where_to_look.py multi --loss every --image cells/
 python where_to_look.py gender100 --data-dir ~/gender/Dataset [--count 100]
 python where_to_look.py overlay --image male100.png female100.png
 python where_to_look.py download [--weights-url URL]
+python where_to_look.py single --method gradcam++ --image cell.png
+python where_to_look.py evaluate --model models/model_malaria_last.pt --data-dir ~/cell_images
+python where_to_look.py compare --model a.pt --model b.pt --data-dir ~/gender/Dataset
 """
 
 from __future__ import annotations
@@ -22,11 +25,17 @@ import numpy as np
 import torch
 
 import cams
+import charts
+import evaluation
+import gradcams
 import render
 from model_data import (
     DatasetError,
+    FolderSet,
     GenderSet,
     ImageError,
+    ImageListSet,
+    MalariaSet,
     list_images,
     load_image,
     original_image,
@@ -45,7 +54,8 @@ from weights import (
 PROJECT = Path(__file__).resolve().parent
 DEMO_DIR = PROJECT / "data" / "demo"
 MANIFEST_DIR = PROJECT / "data"
-COMMANDS = ("single", "multi", "gender100", "overlay", "download", "demo")
+COMMANDS = ("single", "multi", "gender100", "overlay", "download", "demo", "evaluate", "compare")
+METHODS = ("cam", *gradcams.METHODS)
 # Which checkpoint each view uses when no --model is given (the original file names).
 MODEL_NAMES = {
     "gender": "model_gender_last",
@@ -72,7 +82,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The scriptable form: a command and flags; with no command, prompts ask."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", nargs="?", choices=COMMANDS, help="what to render (asked if left out)")
-    p.add_argument("--model", type=Path, help="checkpoint to use (default: found in models/ by its view)")
+    p.add_argument(
+        "--model", type=Path, action="append", help="checkpoint (default: found in models/); compare: two or more"
+    )
+    p.add_argument("--method", choices=METHODS, default="cam", help="heatmap method (default cam: exact for GAP)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=["cam", "gradcam"], help="evaluate: methods")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test", help="evaluate/compare: split")
+    p.add_argument("--max-images", type=int, help="evaluate/compare: use at most this many images")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (and Score-CAM's masked batch)")
     p.add_argument("--dataset", choices=["malaria", "gender"], help="for single without --model: which model")
     p.add_argument("--loss", choices=["last", "every"], help="for multi without --model: the model's training loss")
     p.add_argument("--image", type=Path, nargs="+", help="image file(s) or folder(s); overlay: two saved maps")
@@ -87,8 +104,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models-dir", type=Path, default=PROJECT / "models", help="where checkpoints are looked for")
     p.add_argument("--weights-url", help="download source (Drive folder/file, or HTTP(S) .pt/.zip)")
     args = p.parse_args(argv)
-    if args.count <= 0:
-        p.error("--count must be positive")
+    if args.count <= 0 or args.batch_size <= 0:
+        p.error("--count and --batch-size must be positive")
+    if args.model and len(args.model) > 1 and args.command != "compare":
+        p.error("--model is given more than once; only compare takes several models")
     return args
 
 
@@ -170,12 +189,29 @@ class Outputs:
         return path
 
 
+def _method_suffix(method: str) -> str:
+    """'' for CAM (the original names), else e.g. '_gradcampp' so methods never overwrite each other."""
+    return "" if method == "cam" else "_" + method.replace("+", "p")
+
+
 def _np(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().float().cpu().numpy()
 
 
 def _load_batch(paths: Sequence[Path], size: int, device: torch.device) -> torch.Tensor:
     return torch.stack([load_image(p, size) for p in paths]).to(device)
+
+
+def explain(
+    model: LoadedModel, images: torch.Tensor, method: str, class_index: int | None, batch_size: int = BATCH
+) -> cams.Explanation:
+    """The last block's map by `method`: exact CAM, or a Grad-CAM-family method at the same layer."""
+    if method == "cam":
+        return cams.explain_last_block(model.network, images, class_index)
+    options = {"batch_size": batch_size} if method == "scorecam" else {}
+    result = gradcams.make_method(method, model.network, **options)(images, class_index)
+    maps = result.maps.detach()
+    return cams.Explanation(result.logits.detach(), result.class_index, maps, cams.heatmap(maps, images.shape[-2:]))
 
 
 def _batches(items: Sequence[Path], size: int = BATCH):
@@ -193,19 +229,20 @@ def render_single(
     class_index: int | None,
     device: torch.device,
     truths: Sequence[str | None] | None = None,
+    method: str = "cam",
 ) -> list[dict]:
-    """PredictSingle: last-block CAM of each image, batched; one PNG per image."""
+    """PredictSingle: last-block map of each image (CAM or `method`), batched; one PNG per image."""
     rows = []
     truths = list(truths) if truths is not None else [None] * len(images)
     names = model.class_names
     for start, chunk in zip(range(0, len(images), BATCH), _batches(images)):
-        result = cams.explain_last_block(model.network, _load_batch(chunk, model.image_size, device), class_index)
+        result = explain(model, _load_batch(chunk, model.image_size, device), method, class_index)
         probabilities = result.probabilities
         for i, path in enumerate(chunk):
             predicted = int(result.logits[i].argmax())
             shown = int(result.class_index[i])
             title = f"{names[shown]} {probabilities[i, shown]:.1%}"
-            caption = path.name
+            caption = path.name if method == "cam" else f"{path.name} ({method})"
             if shown != predicted:
                 predicted_text = f"{names[predicted]} {probabilities[i, predicted]:.1%}"
                 caption += f"\npredicted {predicted_text}, showing where it sees {names[shown]}"
@@ -222,9 +259,10 @@ def render_single(
                 "class_names": np.array(names),
                 "cam": _np(result.cam[i]),
                 "heatmap": heat,
+                "method": method,
                 "image": str(path),
             }
-            png = outputs.save(fig, f"{path.stem}_single", numbers)
+            png = outputs.save(fig, f"{path.stem}_single{_method_suffix(method)}", numbers)
             rows.append(
                 {
                     "image": path,
@@ -238,51 +276,117 @@ def render_single(
     return rows
 
 
-def render_multi(
-    model: LoadedModel, images: Sequence[Path], outputs: Outputs, class_index: int | None, device: torch.device
-) -> list[Path]:
-    """PredictMulti: per block the mean activation and the exact CAM through its own head."""
-    if model.kind != "every":
-        raise UsageError(
-            f"{model.path}: the every-layer view needs a NetworkMultiLoss checkpoint "
-            "(trained with --network every); this one is a last-block Network"
+@dataclass
+class BlockMaps:
+    """Every block's map for a batch (exact CAM or another method), with what the titles need."""
+
+    logits: torch.Tensor  # (B, C) the final prediction
+    class_index: torch.Tensor  # (B,) the class every map explains
+    block_logits: list[torch.Tensor] | None  # each block's own head (NetworkMultiLoss only)
+    block_bias: list[torch.Tensor] | None  # each head's bias for the explained class (exact CAM only)
+    maps: list[torch.Tensor]  # 4 x (B, h_i, w_i) raw maps
+    heatmaps: list[torch.Tensor]  # 4 x (B, H, W) normalised
+    means: list[torch.Tensor]  # 4 x (B, h_i, w_i) channel means (the original project's view)
+    mean_heatmaps: list[torch.Tensor]
+    fused: torch.Tensor  # (B, H, W) the blocks' maps fused into one
+
+
+def explain_blocks(
+    model: LoadedModel, images: torch.Tensor, method: str, class_index: int | None, batch_size: int = BATCH
+) -> BlockMaps:
+    """The every-block view: exact per-block CAMs for a NetworkMultiLoss, or `method` on each block of either net."""
+    network, size = model.network, tuple(images.shape[-2:])
+    if method == "cam":
+        if model.kind != "every":
+            raise UsageError(
+                f"{model.path}: the exact every-block CAM needs a NetworkMultiLoss checkpoint (trained with "
+                "--network every); for this Network pass --method gradcam (or another) to explain every block"
+            )
+        r = cams.explain_every_block(network, images, class_index)
+        fused = gradcams.fuse_maps(r.cams, size)
+        return BlockMaps(
+            r.logits, r.class_index, r.block_logits, r.block_bias, r.cams, r.heatmaps, r.means, r.mean_heatmaps, fused
         )
+    with torch.no_grad():
+        blocks = network.block_outputs(images)
+        block_logits = cams.explain_every_block(network, images).block_logits if model.kind == "every" else None
+        logits = block_logits[-1] if block_logits else network(images)
+    classes = gradcams.pick_classes(logits, class_index)
+    options = {"batch_size": batch_size} if method == "scorecam" else {}
+    maps = [
+        gradcams.make_method(method, network, layer, **options)(images, classes).maps.detach()
+        for layer in gradcams.block_layers(network)
+    ]
+    means = [b.mean(dim=1) for b in blocks]
+    return BlockMaps(
+        logits=logits,
+        class_index=classes,
+        block_logits=block_logits,
+        block_bias=None,
+        maps=maps,
+        heatmaps=[cams.heatmap(m, size) for m in maps],
+        means=means,
+        mean_heatmaps=[cams.heatmap(m, size) for m in means],
+        fused=gradcams.fuse_maps(maps, size),
+    )
+
+
+def render_multi(
+    model: LoadedModel,
+    images: Sequence[Path],
+    outputs: Outputs,
+    class_index: int | None,
+    device: torch.device,
+    method: str = "cam",
+    batch_size: int = BATCH,
+) -> list[Path]:
+    """PredictMulti: per block the mean activation and the map through that block, plus their fusion."""
     names = model.class_names
     loss_text = {"every": "every-block loss", "last": "last-block loss"}.get(str(model.checkpoint.get("loss")), "")
+    label = "CAM" if method == "cam" else method
     written = []
     for chunk in _batches(images):
-        result = cams.explain_every_block(model.network, _load_batch(chunk, model.image_size, device), class_index)
+        result = explain_blocks(model, _load_batch(chunk, model.image_size, device), method, class_index, batch_size)
         for i, path in enumerate(chunk):
             shown = int(result.class_index[i])
             titles = []
-            for b, logits in enumerate(result.block_logits, start=1):
-                probs = logits[i].softmax(0)
-                guess = int(probs.argmax())
-                titles.append(f"block {b} CAM: {names[shown]}\nblock predicts {names[guess]} {probs[guess]:.1%}")
+            for b in range(4):
+                title = f"block {b + 1} {label}: {names[shown]}"
+                if result.block_logits is not None:
+                    probs = result.block_logits[b][i].softmax(0)
+                    guess = int(probs.argmax())
+                    title += f"\nblock predicts {names[guess]} {probs[guess]:.1%}"
+                titles.append(title)
             final = result.logits[i].softmax(0)
             predicted = int(final.argmax())
             heading = f"{path.name}: prediction {names[predicted]} {final[predicted]:.1%}"
             if shown != predicted:
                 heading += f", maps explain {names[shown]}"
             heading += f"  ({model.path.name}{', ' + loss_text if loss_text else ''})"
-            cam_heats = [_np(h[i]) for h in result.heatmaps]
+            heats = [_np(h[i]) for h in result.heatmaps]
             mean_heats = [_np(h[i]) for h in result.mean_heatmaps]
-            fig = render.blocks_figure(original_image(path), mean_heats, cam_heats, titles, heading)
+            fused = _np(result.fused[i])
+            fig = render.blocks_figure(original_image(path), mean_heats, heats, titles, heading, fused)
             numbers: dict[str, object] = {
                 "logits": _np(result.logits[i]),
                 "class_index": shown,
                 "predicted_index": predicted,
                 "class_names": np.array(names),
+                "method": method,
+                "fused": fused,
                 "image": str(path),
             }
             for b in range(4):
-                numbers[f"cam_block{b + 1}"] = _np(result.cams[b][i])
+                numbers[f"cam_block{b + 1}"] = _np(result.maps[b][i])
                 numbers[f"mean_block{b + 1}"] = _np(result.means[b][i])
-                numbers[f"heatmap_block{b + 1}"] = cam_heats[b]
+                numbers[f"heatmap_block{b + 1}"] = heats[b]
                 numbers[f"mean_heatmap_block{b + 1}"] = mean_heats[b]
-                numbers[f"logits_block{b + 1}"] = _np(result.block_logits[b][i])
-                numbers[f"bias_block{b + 1}"] = _np(result.block_bias[b][i])
-            written.append(outputs.save(fig, f"{path.stem}_multi_{model.path.name.split('.')[0]}", numbers))
+                if result.block_logits is not None:
+                    numbers[f"logits_block{b + 1}"] = _np(result.block_logits[b][i])
+                if result.block_bias is not None:
+                    numbers[f"bias_block{b + 1}"] = _np(result.block_bias[b][i])
+            name = f"{path.stem}_multi_{model.path.name.split('.')[0]}{_method_suffix(method)}"
+            written.append(outputs.save(fig, name, numbers))
     return written
 
 
@@ -296,9 +400,15 @@ class GenderMaps:
 
 
 def gender100_maps(
-    model: LoadedModel, data_dir: Path, count: int, seed: int, class_index: int | None, device: torch.device
+    model: LoadedModel,
+    data_dir: Path,
+    count: int,
+    seed: int,
+    class_index: int | None,
+    device: torch.device,
+    method: str = "cam",
 ) -> GenderMaps:
-    """Average the CAMs of `count` seeded-random test faces per gender, in batches, one model load."""
+    """Average the maps of `count` seeded-random test faces per gender, in batches, one model load."""
     test = GenderSet(data_dir, "test", max_samples_per_class=count, seed=seed, size=model.image_size)
     heatmaps, faces, files = {}, {}, {}
     for label, gender in enumerate(GenderSet.CLASSES):
@@ -309,7 +419,7 @@ def gender100_maps(
         total_face = torch.zeros((3, model.image_size, model.image_size))
         for chunk in _batches(paths):
             images = _load_batch(chunk, model.image_size, device)
-            result = cams.explain_last_block(model.network, images, class_index)
+            result = explain(model, images, method, class_index)
             total_heat += result.heatmap.sum(0).cpu()
             total_face += images.sum(0).cpu()
         heatmaps[gender] = (total_heat / len(paths)).numpy()
@@ -368,8 +478,8 @@ def render_overlay_from_files(first: Path, second: Path, outputs: Outputs) -> Pa
 
 def choose_model(args: argparse.Namespace, view: str, device: torch.device) -> LoadedModel:
     """--model if given, else the view's checkpoint from models/ (or the published folder)."""
-    if args.model is not None:
-        return load_model(args.model, device)
+    if args.model:
+        return load_model(args.model[0], device)
     name = MODEL_NAMES[view]
     found = find_checkpoints(model_folders(args.models_dir))
     if name not in found:
@@ -378,6 +488,63 @@ def choose_model(args: argparse.Namespace, view: str, device: torch.device) -> L
             "or pass --model PATH"
         )
     return load_model(found[name], device)
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def evaluation_set(model: LoadedModel, data_dir: Path | None, split: str) -> ImageListSet:
+    """The split of the data set a model was trained on: malaria, gender, or a class folder."""
+    if data_dir is None:
+        raise UsageError("pass the data set with --data-dir PATH")
+    names = list(model.class_names)
+    kind = model.checkpoint.get("dataset")
+    if kind == "malaria" or names == list(MalariaSet.CLASSES):
+        return MalariaSet(data_dir, split, size=model.image_size)
+    if kind == "gender" or names == list(GenderSet.CLASSES):
+        return GenderSet(data_dir, split, size=model.image_size)
+    return FolderSet(data_dir, split, size=model.image_size)
+
+
+def run_evaluate(args: argparse.Namespace, outputs: Outputs, device: torch.device) -> list[Path]:
+    """How good are the model and its heatmaps: a table, a JSON file and a chart."""
+    model = choose_model(args, "malaria", device)
+    dataset = evaluation_set(model, args.data_dir, args.split)
+    result = evaluation.evaluate(model, dataset, args.methods, device, args.batch_size, args.max_images)
+    result.update(model=str(model.path), data_dir=str(args.data_dir), split=args.split)
+    print(evaluation.format_table(result))
+    stem = f"evaluate_{model.path.name.split('.')[0]}_{args.split}"
+    json_path = outputs.folder / f"{stem}.json"
+    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"saved {json_path}")
+    outputs.save(charts.metrics_chart(result, f"{model.path.name} on {args.split} ({args.data_dir})"), stem)
+    return outputs.written
+
+
+def run_compare(args: argparse.Namespace, outputs: Outputs, device: torch.device) -> list[Path]:
+    """Do two models trained alike look at the same places? Numbers per image pair, maps side by side."""
+    if not args.model or len(args.model) < 2:
+        raise UsageError("compare needs two or more models: --model A.pt --model B.pt")
+    models = [load_model(path, device) for path in args.model]
+    names = {m.class_names == models[0].class_names for m in models}
+    if names != {True}:
+        raise UsageError("compare needs models of the same classes")
+    dataset = evaluation_set(models[0], args.data_dir, args.split)
+    class_index = class_index_of(args.class_, models[0].class_names)
+    result = evaluation.compare_models(
+        models, dataset, args.method, device, args.batch_size, args.max_images, class_index
+    )
+    numbers = result["numbers"]
+    for pair, values in numbers["pairs"].items():
+        rho = "n/a" if values["spearman"] is None else f"{values['spearman']:.3f}"
+        print(f"{pair}: mean Spearman rho {rho}, mean top-10% IoU {values['top10_iou']:.3f}")
+    json_path = outputs.folder / "compare.json"
+    json_path.write_text(json.dumps(numbers, indent=1) + "\n")
+    print(f"saved {json_path}")
+    arrays = {f"{m}_{c}": a for m, per in result["maps"].items() for c, a in per.items()}
+    arrays.update({f"std_{c}": a for c, a in result["std"].items()})
+    outputs.save(charts.compare_figure(result, f"{args.method} maps on {args.split}"), "compare", arrays)
+    return outputs.written
 
 
 # --------------------------------------------------------------------------- demo
@@ -430,7 +597,7 @@ def run_demo(args: argparse.Namespace, device: torch.device) -> list[Path]:
 
 def ensure_models(args: argparse.Namespace) -> None:
     """The seed's first question: offer the download when no checkpoint is found at all."""
-    if args.model is not None or find_checkpoints(model_folders(args.models_dir)):
+    if args.model or find_checkpoints(model_folders(args.models_dir)):
         return
     answer = ask(
         "No trained models found. Download the pretrained models from Google Drive? (Y/N)",
@@ -557,13 +724,14 @@ def run(args: argparse.Namespace) -> list[Path]:
             raise UsageError("overlay needs two saved pictures: --image MALE.png FEMALE.png (or run gender100)")
         render_overlay_from_files(args.image[0], args.image[1], outputs)
         return outputs.written
+    if args.command in ("evaluate", "compare"):
+        return run_evaluate(args, outputs, device) if args.command == "evaluate" else run_compare(args, outputs, device)
     if args.command == "gender100":
         if args.data_dir is None:
             raise UsageError("gender100 needs the gender data set: pass --data-dir PATH")
         model = choose_model(args, "gender", device)
-        maps = gender100_maps(
-            model, args.data_dir, args.count, args.seed, class_index_of(args.class_, model.class_names), device
-        )
+        class_index = class_index_of(args.class_, model.class_names)
+        maps = gender100_maps(model, args.data_dir, args.count, args.seed, class_index, device, args.method)
         render_gender100(maps, outputs, model)
         render_overlay_from_maps(maps, outputs)
         return outputs.written
@@ -580,9 +748,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     else:
         raise UsageError(f"{args.command} needs pictures: pass --image FILE|FOLDER")
     if args.command == "multi":
-        render_multi(model, images, outputs, class_index, device)
+        render_multi(model, images, outputs, class_index, device, args.method, args.batch_size)
     else:
-        render_single(model, images, outputs, class_index, device, truths)
+        render_single(model, images, outputs, class_index, device, truths, args.method)
     return outputs.written
 
 
