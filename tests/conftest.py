@@ -1,0 +1,193 @@
+"""Shared fixtures: tiny synthetic data sets in the real Kaggle layouts, and a CLI runner.
+
+Nothing here reads the real data in ../shared or writes into the repository's
+models/, data/ or outputs/ folders: every data set and every output lives under a
+pytest tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# The tests' networks see 16-32 pixel batches of a few images: a second intra-op thread
+# buys nothing there, and on a busy machine two OpenMP threads that wait for each other
+# made the same tests 5-10 times slower. The CLI subprocesses get the same setting.
+torch.set_num_threads(1)
+SUBPROCESS_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+# Patients C1..C40: crc32 puts C6, C20, C37, C40 in test and C9, C11, C30, C32 in val,
+# the other 32 in train (see model_data.split_of_group), so every split gets images.
+MALARIA_PATIENTS = range(1, 41)
+MALARIA_SPLIT_PATIENTS = {"test": {6, 20, 37, 40}, "val": {9, 11, 30, 32}}
+MALARIA_SPLIT_PATIENTS["train"] = set(MALARIA_PATIENTS) - MALARIA_SPLIT_PATIENTS["test"] - MALARIA_SPLIT_PATIENTS["val"]
+MALARIA_CLASSES = ("Parasitized", "Uninfected")
+GENDER_CLASSES = ("Female", "Male")
+GENDER_SPLITS = {"Train": 10, "Validation": 4, "Test": 4}
+FOLDER_CLASSES = ("circles", "squares", "stripes")
+
+
+# --------------------------------------------------------------------------- images
+
+
+def cell_image(rng: np.random.Generator, infected: bool, size: int = 48) -> Image.Image:
+    """A pink disc on black with noise; an infected cell also has a dark purple blob."""
+    canvas = Image.new("RGB", (size, size), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    margin = int(rng.integers(2, 6))
+    draw.ellipse([margin, margin, size - margin, size - margin], fill=(220, 150, 170))
+    if infected:
+        x, y = rng.integers(size // 4, size // 2, size=2)
+        radius = size // 6
+        draw.ellipse([x, y, x + radius, y + radius], fill=(70, 20, 90))
+    pixels = np.asarray(canvas, dtype=np.int16) + rng.integers(-20, 21, size=(size, size, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def face_image(rng: np.random.Generator, label: int, size: int = 40) -> Image.Image:
+    """Noise with a class-dependent feature: 'Male' (1) has a dark lower third."""
+    pixels = rng.integers(90, 200, size=(size, size, 3)).astype(np.uint8)
+    if label == 1:
+        pixels[2 * size // 3 :] //= 4
+    return Image.fromarray(pixels, mode="RGB")
+
+
+def shape_image(rng: np.random.Generator, label: int, size: int = 36) -> Image.Image:
+    """A circle, a square or stripes on noise, one per class."""
+    pixels = rng.integers(0, 80, size=(size, size, 3)).astype(np.uint8)
+    canvas = Image.fromarray(pixels, mode="RGB")
+    draw = ImageDraw.Draw(canvas)
+    if label == 0:
+        draw.ellipse([6, 6, size - 6, size - 6], fill=(250, 240, 40))
+    elif label == 1:
+        draw.rectangle([8, 8, size - 8, size - 8], fill=(40, 240, 250))
+    else:
+        for x in range(0, size, 6):
+            draw.rectangle([x, 0, x + 2, size], fill=(250, 40, 200))
+    return canvas
+
+
+# --------------------------------------------------------------------------- data sets
+
+
+def build_malaria(root: Path, patients: Sequence[int] = MALARIA_PATIENTS, seed: int = 0) -> Path:
+    """`root/cell_images/{Parasitized,Uninfected}/C{n}P{m}ThinF_IMG_..._cell_{k}.png` plus Thumbs.db junk.
+
+    Every patient has 2 or 3 cells of each class, as a real slide has both. Returns
+    the cell_images folder.
+    """
+    rng = np.random.default_rng(seed)
+    cells = root / "cell_images"
+    for name in MALARIA_CLASSES:
+        folder = cells / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 not an image")
+        for patient in patients:
+            for k in range(2 + patient % 2):
+                size = int(rng.integers(40, 64))
+                image = cell_image(rng, name == "Parasitized", size)
+                image.save(folder / f"C{patient}P{patient + 60}ThinF_IMG_20150918_144104_cell_{100 + k}.png")
+    return cells
+
+
+def build_gender(root: Path, seed: int = 0) -> Path:
+    """`root/Dataset/{Train,Validation,Test}/{Female,Male}/*.jpg`; returns the Dataset folder."""
+    rng = np.random.default_rng(seed)
+    dataset = root / "Dataset"
+    for split, count in GENDER_SPLITS.items():
+        for label, name in enumerate(GENDER_CLASSES):
+            folder = dataset / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                face_image(rng, label).save(folder / f"{split.lower()}_{name.lower()}_{i:03d}.jpg", quality=90)
+    return dataset
+
+
+def build_folder(root: Path, per_class: int = 24, seed: int = 0) -> Path:
+    """`root/shapes3/{circles,squares,stripes}/*.png` (no train/val/test sub-folders); returns shapes3."""
+    rng = np.random.default_rng(seed)
+    base = root / "shapes3"
+    for label, name in enumerate(FOLDER_CLASSES):
+        folder = base / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            shape_image(rng, label).save(folder / f"{name}_{i:03d}.png")
+    return base
+
+
+@pytest.fixture(scope="session")
+def malaria_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Read-only shared malaria set: the folder that holds cell_images/ (do not modify)."""
+    root = tmp_path_factory.mktemp("malaria")
+    build_malaria(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def gender_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Read-only shared gender set: the folder that holds Dataset/ (do not modify)."""
+    root = tmp_path_factory.mktemp("gender")
+    build_gender(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def folder_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Read-only shared 3-class folder set: the class-folder parent itself (do not modify)."""
+    return build_folder(tmp_path_factory.mktemp("folder"))
+
+
+@pytest.fixture
+def own_malaria(tmp_path: Path) -> Path:
+    """A private malaria set a test may damage; the folder that holds cell_images/."""
+    root = tmp_path / "own_malaria"
+    build_malaria(root, patients=range(1, 21))
+    return root
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def run_cli(
+    *args: str | Path, input: str | None = None, timeout: float = 480, script: str = "model_main.py"
+) -> subprocess.CompletedProcess[str]:
+    """Run a CLI of the project as a real subprocess from the repository root.
+
+    stdin is empty (end of input at once) unless `input` is given, so a prompt
+    nobody expected ends the run instead of hanging it.
+    """
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1", **SUBPROCESS_THREADS)
+    command = [sys.executable, script, *map(str, args)]
+    return subprocess.run(
+        command,
+        cwd=REPO,
+        env=env,
+        input=input if input is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def cli():
+    """The run_cli helper as a fixture."""
+    return run_cli
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines of stderr that the CLIs' one-line error reports start with."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]

@@ -1,0 +1,494 @@
+"""Evaluation numbers on synthetic cells whose parasite is where we put it; and the charts of them."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from matplotlib.figure import Figure
+from torch import nn
+
+import charts
+import evaluation
+from model_network import Network, NetworkMultiLoss
+
+SIZE = 64  # the smallest side at which Network's last block still has a 4 x 4 map
+CLASSES = ["Uninfected", "Parasitized"]
+PINK, PURPLE = np.array([220.0, 150.0, 170.0]), np.array([70.0, 20.0, 90.0])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Small tensors: a second thread costs more than it gives, and on a busy machine far more."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- synthetic cells
+
+
+@dataclass
+class Cell:
+    """A synthetic NIH-like cell: uint8 (3, S, S) image, label, and the parasite's centre (row, col) and radius."""
+
+    image: torch.Tensor
+    label: int
+    centre: tuple[float, float] | None
+    radius: float
+
+
+def synthetic_cell(rng: np.random.Generator, infected: bool, size: int = SIZE) -> Cell:
+    """A noisy pink disc on black; an infected one has a dark purple blob at a random place inside the disc."""
+    rows, cols = np.mgrid[0:size, 0:size]
+    centre = size / 2 + rng.uniform(-2, 2, size=2)
+    radius = size * rng.uniform(0.36, 0.44)
+    disc = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
+    pixels = np.zeros((size, size, 3))
+    pixels[disc] = PINK + rng.uniform(-15, 15, 3)
+    blob, blob_radius = None, 0.0
+    if infected:
+        blob_radius = size / 12 * rng.uniform(0.8, 1.2)
+        angle, distance = rng.uniform(0, 2 * np.pi), rng.uniform(0, radius - blob_radius - 3)
+        where = centre + distance * np.array([np.sin(angle), np.cos(angle)])
+        pixels[(rows - where[0]) ** 2 + (cols - where[1]) ** 2 <= blob_radius**2] = PURPLE
+        blob = (float(where[0]), float(where[1]))
+    pixels += rng.uniform(-15, 15, size=pixels.shape) * disc[..., None]
+    image = torch.from_numpy(np.clip(pixels, 0, 255).round().astype(np.uint8)).permute(2, 0, 1).contiguous()
+    return Cell(image, int(infected), blob, blob_radius)
+
+
+def cell_set(count: int, seed: int, size: int = SIZE) -> list[Cell]:
+    """Alternating Uninfected (0) and Parasitized (1) cells."""
+    rng = np.random.default_rng(seed)
+    return [synthetic_cell(rng, i % 2 == 1, size) for i in range(count)]
+
+
+def as_dataset(cells: list[Cell]) -> list[tuple[torch.Tensor, int]]:
+    """(uint8 image, label) pairs, as model_data.MalariaSet yields them."""
+    return [(cell.image, cell.label) for cell in cells]
+
+
+@dataclass
+class Loaded:
+    """A weights.LoadedModel stand-in: the four fields evaluate() reads."""
+
+    network: nn.Module
+    kind: str = "last"
+    class_names: list[str] | None = None
+    image_size: int = SIZE
+
+    def __post_init__(self) -> None:
+        self.class_names = list(self.class_names or CLASSES)
+
+
+def _identity_batch_norm(bn: nn.BatchNorm2d) -> None:
+    bn.weight.fill_(1.0)
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1.0)
+
+
+@torch.no_grad()
+def purple_detector() -> Network:
+    """A hand-built Network that is right for the right reason: channel 0 finds purple, the head counts it.
+
+    Block 1's conv puts (R + B) / 2 - 2 G (averaged over 3 x 3) into channel 0: negative on
+    pink and black, positive on Giemsa purple; blocks 2-4 pass channel 0 on unchanged
+    (max-pooled) and the classifier reads only that channel.
+    """
+    network = Network()
+    for parameter in network.parameters():
+        parameter.zero_()
+    features = network.features
+    convs = [features[0].seq[0], features[2].seq[0], features[4].seq[0], features[6]]
+    for bn in (features[0].seq[2], features[2].seq[2], features[4].seq[2], features[8]):
+        _identity_batch_norm(bn)
+    convs[0].weight[0, :, 1:4, 1:4] = torch.tensor([0.5, -2.0, 0.5])[:, None, None] / 9
+    convs[0].bias[0] = -0.02
+    for conv in convs[1:]:
+        conv.weight[0, 0, 2, 2] = 1.0
+    head = network.classifier[-1]
+    head.weight[1, 0], head.weight[0, 0] = 300.0, -300.0
+    head.bias[1], head.bias[0] = -1.0, 1.0
+    return network.eval()
+
+
+def scramble_convolutions(network: nn.Module, seed: int = 0) -> nn.Module:
+    """The same model with every conv re-initialised (the cascading-randomisation sanity check)."""
+    broken = copy.deepcopy(network)
+    torch.manual_seed(seed)
+    for module in broken.modules():
+        if isinstance(module, nn.Conv2d):
+            module.reset_parameters()
+    return broken.eval()
+
+
+@pytest.fixture(scope="module")
+def cells() -> list[Cell]:
+    """24 test cells, 12 of them Parasitized with a known parasite."""
+    return cell_set(24, seed=1)
+
+
+# --------------------------------------------------------------------------- stain mask
+
+
+def test_stain_mask_covers_the_purple_blob_and_nothing_else() -> None:
+    for cell in cell_set(20, seed=3):
+        mask = evaluation.stain_mask(cell.image.float() / 255)
+        assert mask.dtype == torch.bool and mask.shape == (SIZE, SIZE)
+        if cell.centre is None:
+            assert not mask.any(), "an uninfected cell got a stain mask"
+            continue
+        rows, cols = torch.nonzero(mask, as_tuple=True)
+        distance = torch.hypot(rows - cell.centre[0], cols - cell.centre[1])
+        assert distance.max() <= cell.radius + 1.5, "stain found off the parasite"
+        assert len(rows) >= 0.7 * math.pi * cell.radius**2, "most of the parasite missed"
+
+
+def test_stain_mask_accepts_uint8_and_refuses_other_shapes() -> None:
+    cell = cell_set(2, seed=4)[1]
+    assert torch.equal(evaluation.stain_mask(cell.image), evaluation.stain_mask(cell.image.float() / 255))
+    with pytest.raises(ValueError):
+        evaluation.stain_mask(cell.image[None].float())
+    with pytest.raises(ValueError):
+        evaluation.stain_mask(cell.image[:1].float())
+
+
+def test_stain_mask_is_empty_without_a_cell_a_dark_spot_or_enough_pixels() -> None:
+    assert not evaluation.stain_mask(torch.zeros(3, 32, 32)).any()
+    assert not evaluation.stain_mask(torch.ones(3, 32, 32)).any()
+    cell = cell_set(2, seed=5)[0].image.float() / 255  # uninfected
+    speck = cell.clone()
+    speck[:, 30:32, 30:31] = torch.tensor(PURPLE / 255, dtype=torch.float32)[:, None, None]
+    assert not evaluation.stain_mask(speck).any(), "2 purple pixels are noise, not a parasite"
+    pale = cell.clone()  # magenta but as bright as the cell: a stain absorbs light, this is not one
+    pale[:, 26:34, 26:34] = torch.tensor([235, 110, 235], dtype=torch.float32)[:, None, None] / 255
+    assert not evaluation.stain_mask(pale).any()
+    spot = cell.clone()
+    spot[:, 30:34, 30:34] = torch.tensor(PURPLE / 255, dtype=torch.float32)[:, None, None]
+    assert evaluation.stain_mask(spot)[30:34, 30:34].all()
+
+
+# --------------------------------------------------------------------------- pointing game
+
+
+def test_pointing_hit_measures_from_the_peak_to_the_nearest_mask_pixel() -> None:
+    heat = torch.zeros(20, 20)
+    heat[10, 10] = 1.0
+    mask = torch.zeros(20, 20, dtype=torch.bool)
+    assert evaluation.pointing_hit(heat, mask, 15) is None
+    mask[10, 15] = True  # 5 px to the right
+    assert evaluation.pointing_hit(heat, mask, 5.0) is True
+    assert evaluation.pointing_hit(heat, mask, 4.9) is False
+    mask[13, 14] = True  # 5 px diagonally (3-4-5), and also the nearest now
+    assert evaluation.pointing_hit(heat, mask, 5.0) is True
+    mask[:] = False
+    mask[10, 10] = True
+    assert evaluation.pointing_hit(heat, mask, 0.0) is True
+    with pytest.raises(ValueError):
+        evaluation.pointing_hit(heat, mask[:10], 3)
+
+
+def test_pointing_hit_takes_the_first_of_equal_peaks() -> None:
+    heat = torch.zeros(8, 8)  # flat: argmax is the first pixel, (0, 0)
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[7, 7] = True
+    assert evaluation.pointing_hit(heat, mask, 3) is False
+    mask[1, 1] = True
+    assert evaluation.pointing_hit(heat, mask, 1.5) is True
+
+
+# --------------------------------------------------------------------------- faithfulness
+
+
+class CentreModel(nn.Module):
+    """Logit 1 says how bright the central 8 x 8 square is: only that square matters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        evidence = 20 * (x[:, :, 12:20, 12:20].mean(dim=(1, 2, 3)) - 0.8)
+        return torch.stack([torch.zeros_like(evidence), evidence], dim=1)
+
+
+def test_deletion_and_insertion_reward_the_map_that_points_at_the_evidence() -> None:
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 32, 32) * 0.2
+    images[:, :, 12:20, 12:20] = 1.0  # a bright centre: class 1 is confident, blurring it away kills that
+    model = CentreModel()
+    good = torch.rand(4, 32, 32) * 0.1
+    good[:, 12:20, 12:20] += 1.0
+    bad = torch.rand(4, 32, 32) * 0.1
+    bad[:, :8, :8] += 1.0  # hot on a corner that does not matter
+    good_del, good_ins = evaluation.deletion_insertion(model, images, good, 1, steps=16)
+    bad_del, bad_ins = evaluation.deletion_insertion(model, images, bad, 1, steps=16)
+    assert good_del.shape == good_ins.shape == (4,)
+    assert ((good_del >= 0) & (good_del <= 1) & (good_ins >= 0) & (good_ins <= 1)).all()
+    assert (good_del < bad_del - 0.3).all() and (good_ins > bad_ins + 0.3).all()
+    assert (good_del < good_ins).all()
+
+
+def test_deletion_insertion_of_an_image_does_not_depend_on_its_batch() -> None:
+    torch.manual_seed(1)
+    model = purple_detector()
+    batch = torch.stack([cell.image for cell in cell_set(6, seed=6)]).float() / 255
+    heat = torch.rand(6, SIZE, SIZE)
+    together = evaluation.deletion_insertion(model, batch, heat, 1, steps=4)
+    alone = evaluation.deletion_insertion(model, batch[3:4], heat[3:4], torch.tensor([1]), steps=4)
+    torch.testing.assert_close(alone[0][0], together[0][3])
+    torch.testing.assert_close(alone[1][0], together[1][3])
+
+
+def test_faithfulness_refuses_bad_arguments_and_keeps_the_models_mode() -> None:
+    model = purple_detector().train()
+    images = torch.rand(2, 3, SIZE, SIZE)
+    with pytest.raises(ValueError, match="steps"):
+        evaluation.deletion_insertion(model, images, torch.rand(2, SIZE, SIZE), 1, steps=0)
+    with pytest.raises(ValueError, match="do not match"):
+        evaluation.deletion_insertion(model, images, torch.rand(2, 8, 8), 1)
+    evaluation.deletion_insertion(model, images, torch.rand(2, SIZE, SIZE), 1, steps=2)
+    evaluation.average_drop_increase(model, images, torch.rand(2, SIZE, SIZE), 1)
+    assert all(module.training for module in model.modules())
+
+
+def test_average_drop_and_increase_follow_the_grad_cam_plus_plus_definitions() -> None:
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    images, heat = torch.rand(8, 3, 16, 16), torch.rand(8, 16, 16)
+    assert evaluation.average_drop_increase(model, images, torch.ones(8, 16, 16), 1) == (0.0, 0.0)
+    with torch.no_grad():
+        full = model(images).softmax(1)[:, 1]
+        explained = model(images * heat[:, None]).softmax(1)[:, 1]
+    drop, increase = evaluation.average_drop_increase(model, images, heat, 1)
+    assert drop == pytest.approx(float(((full - explained).clamp_min(0) / full).mean() * 100), rel=1e-5)
+    assert increase == pytest.approx(float((explained > full).float().mean() * 100))
+
+
+def test_blurred_keeps_shape_and_colour_for_any_size() -> None:
+    for side in (5, 16, 64, 129):
+        image = torch.rand(2, 3, side, side)
+        out = evaluation.blurred(image)
+        assert out.shape == image.shape
+        torch.testing.assert_close(out.mean(), image.mean(), atol=0.03, rtol=0)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def test_a_right_model_points_at_the_parasite_and_a_scrambled_one_does_not(cells: list[Cell]) -> None:
+    data = as_dataset(cells)
+    methods = ["cam", "gradcam", "hirescam"]
+    right = evaluation.evaluate(Loaded(purple_detector()), data, methods, progress=False, steps=4)
+    scrambled = Loaded(scramble_convolutions(purple_detector()))
+    wrong = evaluation.evaluate(scrambled, data, methods, progress=False, faithfulness=False)
+    json.dumps(right)  # JSON-able as is
+    assert right["classification"]["accuracy"] == 1.0
+    assert right["classification"]["confusion_matrix"] == [[12, 0], [0, 12]]
+    assert right["explained_class"] == "Parasitized"
+    for method in methods:
+        good, bad = right["methods"][method]["last"], wrong["methods"][method]["last"]
+        assert good["pointing_counted"] == 12 and good["images"] == 12
+        assert good["pointing_15px"] >= 0.9 and good["pointing_8px"] >= 0.9
+        assert bad["pointing_8px"] <= 0.3 and bad["pointing_8px"] <= good["pointing_8px"] - 0.5
+        assert good["deletion_auc"] < good["insertion_auc"]
+        assert bad["images"] == 12 and bad["deletion_auc"] is None  # faithfulness switched off
+    text = evaluation.format_table(right)
+    assert "gradcam" in text and "100.0%" in text and "accuracy 100.00% on 24 images" in text
+
+
+def test_evaluate_every_block_model_reports_each_block_and_the_fused_map(cells: list[Cell]) -> None:
+    torch.manual_seed(0)
+    network = NetworkMultiLoss().eval()
+    model, data = Loaded(network, kind="every"), as_dataset(cells)
+    result = evaluation.evaluate(model, data, ["cam", "layercam"], batch_size=3, max_images=6, steps=2, progress=False)
+    json.dumps(result)
+    assert result["classification"]["images"] == 6
+    assert list(result["blocks"]) == ["block1", "block2", "block3", "block4"]
+    for method in ("cam", "layercam"):
+        assert list(result["methods"][method]) == ["block1", "block2", "block3", "block4", "fused"]
+        assert all(view["images"] == 3 for view in result["methods"][method].values())
+    # The last block's own head is the network's prediction.
+    assert result["blocks"]["block4"]["confusion_matrix"] == result["classification"]["confusion_matrix"]
+    assert "block3" in evaluation.format_table(result)
+
+
+def test_evaluate_without_parasites_explains_the_true_class_of_every_image(cells: list[Cell]) -> None:
+    faces = Loaded(purple_detector(), class_names=["Female", "Male"])
+    result = evaluation.evaluate(faces, as_dataset(cells)[:4], ["gradcam"], progress=False, steps=2)
+    view = result["methods"]["gradcam"]["last"]
+    assert result["explained_class"] == "true class"
+    assert view["images"] == 4 and view["pointing_counted"] == 0 and view["pointing_15px"] is None
+    assert "-" in evaluation.format_table(result)
+    with pytest.raises(ValueError, match="unknown method"):
+        evaluation.evaluate(faces, as_dataset(cells), ["gradcam", "guided"], progress=False)
+    with pytest.raises(ValueError, match="no images"):
+        evaluation.evaluate(faces, [], ["gradcam"], progress=False)
+
+
+class MapStyle(torch.utils.data.Dataset):
+    """A torch Dataset as model_data's are: __len__ and __getitem__, no __iter__ of its own."""
+
+    def __init__(self, cells: list[Cell]) -> None:
+        self.cells = cells
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.cells[index].image, self.cells[index].label
+
+
+def test_evaluate_reads_map_style_data_sets_and_plain_iterables_alike(cells: list[Cell]) -> None:
+    model = Loaded(purple_detector())
+
+    def run(dataset: evaluation.Images) -> dict:
+        return evaluation.evaluate(
+            model, dataset, ["cam"], max_images=6, batch_size=4, progress=False, faithfulness=False
+        )
+
+    from_dataset = run(MapStyle(cells))
+    from_generator = run(pair for pair in as_dataset(cells))
+    assert from_dataset == from_generator
+    training = purple_detector().train()
+    evaluation.evaluate(Loaded(training), as_dataset(cells)[:2], ["cam"], progress=False, faithfulness=False)
+    assert training.training, "evaluate must hand the model back in the mode it found it"
+    assert from_dataset["classification"]["images"] == 6
+
+
+def _train(cells: list[Cell], steps: int = 40, seed: int = 0) -> Network:
+    """A Network trained for a few dozen Adam steps, then its BatchNorm statistics recomputed on the data."""
+    torch.manual_seed(seed)
+    images = torch.stack([cell.image for cell in cells]).float() / 255
+    labels = torch.tensor([cell.label for cell in cells])
+    network = Network()
+    optimiser = torch.optim.Adam(network.parameters(), lr=2e-3)
+    network.train()
+    for _ in range(steps):
+        pick = torch.randint(0, len(images), (16,))
+        loss = F.cross_entropy(network(images[pick]), labels[pick])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    # A few dozen steps leave BN's running averages far from the data's statistics: measure them
+    # exactly (momentum None = a plain average) so eval mode predicts what training learned.
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None
+        for start in range(0, len(images), 32):
+            network(images[start : start + 32])
+    return network.eval()
+
+
+@pytest.mark.slow
+def test_a_trained_network_looks_at_the_parasite(cells: list[Cell]) -> None:
+    network = _train(cell_set(128, seed=2))
+    data = as_dataset(cells)
+    methods = ["cam", "gradcam", "gradcam++", "layercam"]
+    trained = evaluation.evaluate(Loaded(network), data, methods, progress=False, steps=8)
+    scrambled = evaluation.evaluate(
+        Loaded(scramble_convolutions(network)), data, methods, progress=False, faithfulness=False
+    )
+    assert trained["classification"]["accuracy"] >= 0.9
+    for method in methods:
+        good, bad = trained["methods"][method]["last"], scrambled["methods"][method]["last"]
+        assert good["pointing_15px"] >= 0.8, method
+        assert good["pointing_8px"] >= bad["pointing_8px"] + 0.4, method
+    cam = trained["methods"]["cam"]["last"]
+    assert cam["deletion_auc"] < cam["insertion_auc"]
+
+
+# --------------------------------------------------------------------------- comparing models
+
+
+def test_compare_models_agrees_with_itself_and_not_with_a_scrambled_copy(cells: list[Cell]) -> None:
+    right = Loaded(purple_detector())
+    scrambled = Loaded(scramble_convolutions(right.network))
+    models = {"right": right, "copy": Loaded(copy.deepcopy(right.network)), "scrambled": scrambled}
+    result = evaluation.compare_models(models, as_dataset(cells)[:8], "cam", batch_size=3, progress=False)
+    numbers = result["numbers"]
+    json.dumps(numbers)
+    assert numbers["images"] == 8 and numbers["images_per_class"] == {"Uninfected": 4, "Parasitized": 4}
+    same = numbers["pairs"]["right vs copy"]
+    assert same["spearman"] == pytest.approx(1.0) and same["top10_iou"] == pytest.approx(1.0)
+    # The uninfected cells' maps are flat (no purple anywhere): rho is undefined there, so not averaged.
+    assert same["spearman_images"] == 4
+    assert numbers["pairs"]["right vs scrambled"]["top10_iou"] < 0.5
+    assert set(result["maps"]) == set(models)
+    for maps in result["maps"].values():
+        assert set(maps) == {"Uninfected", "Parasitized"}
+        assert all(isinstance(m, np.ndarray) and m.shape == (SIZE, SIZE) for m in maps.values())
+    np.testing.assert_allclose(
+        result["std"]["Parasitized"],
+        np.stack([result["maps"][name]["Parasitized"] for name in models]).std(axis=0),
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="two models"):
+        evaluation.compare_models({"right": right}, as_dataset(cells), progress=False)
+
+
+def test_compare_models_takes_a_list_and_a_gradient_method(cells: list[Cell]) -> None:
+    first, second = Loaded(purple_detector()), Loaded(purple_detector())
+    result = evaluation.compare_models([first, second], as_dataset(cells)[:4], "gradcam", progress=False)
+    assert list(result["numbers"]["pairs"]) == ["model 0 vs model 1"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-5, 5), min_size=3, max_size=30))
+def test_spearman_is_symmetric_and_one_for_a_monotone_copy(values: list[int]) -> None:
+    a = torch.tensor(values, dtype=torch.float32)
+    b = a * 3 + 1  # strictly increasing map of a: the same ranks
+    if len(set(values)) == 1:
+        assert math.isnan(evaluation.spearman(a, b))  # undefined for a constant map
+        return
+    assert evaluation.spearman(a, b) == pytest.approx(1.0)
+    assert evaluation.spearman(a, -a) == pytest.approx(-1.0)
+    c = torch.roll(a, 1)
+    assert evaluation.spearman(a, c) == pytest.approx(evaluation.spearman(c, a))
+
+
+def test_rank_averages_ties() -> None:
+    assert evaluation.rank(torch.tensor([10.0, 20.0, 10.0, 30.0])).tolist() == [1.5, 3.0, 1.5, 4.0]
+
+
+def test_top_overlap() -> None:
+    a = torch.arange(100.0)
+    assert evaluation.top_overlap(a, a) == 1.0
+    assert evaluation.top_overlap(a, -a) == 0.0
+    assert evaluation.top_overlap(a, torch.cat([a[:95], a[95:] - 1000])) == pytest.approx(5 / 15)
+
+
+# --------------------------------------------------------------------------- charts
+
+
+def _png(figure: Figure) -> bytes:
+    stream = io.BytesIO()
+    figure.savefig(stream, format="png", dpi=40)
+    return stream.getvalue()
+
+
+def test_charts_draw_an_evaluation_and_a_comparison(cells: list[Cell]) -> None:
+    data = as_dataset(cells)[:4]
+    result = evaluation.evaluate(Loaded(purple_detector()), data, ["cam", "gradcam"], progress=False, steps=2)
+    figure = charts.metrics_chart(result)
+    assert isinstance(figure, Figure) and len(figure.axes) == 2
+    assert _png(figure).startswith(b"\x89PNG")
+    comparison = evaluation.compare_models(
+        {"a": Loaded(purple_detector()), "b": Loaded(scramble_convolutions(purple_detector()))},
+        as_dataset(cells)[:4],
+        progress=False,
+    )
+    figure = charts.compare_figure(comparison)
+    assert _png(figure).startswith(b"\x89PNG")
+    with pytest.raises(ValueError):
+        charts.metrics_chart({"methods": {}})
