@@ -256,6 +256,7 @@ def download_weights(url: str | None, dest: Path, quiet: bool = False) -> list[P
             target = dest / target_name
             try:
                 dest.mkdir(parents=True, exist_ok=True)
+                os.chmod(candidate, 0o644)  # gdown's temporary files are private; a model is no secret
                 os.replace(candidate, target)
             except OSError as error:
                 done = f" (installed so far: {', '.join(p.name for p in installed)})" if installed else ""

@@ -424,7 +424,7 @@ def test_multi_every_block_numbers(trained, cells, tmp_path):
             side = SIZE // 2**b
             assert data[f"cam_block{b}"].shape == data[f"mean_block{b}"].shape == (side, side)
             # The CAM identity with the CLI's own numbers ...
-            identity = data[f"cam_block{b}"].mean() + float(data[f"bias_block{b}"])
+            identity = data[f"cam_block{b}"].astype(np.float64).mean() + float(data[f"bias_block{b}"])
             np.testing.assert_allclose(identity, data[f"logits_block{b}"][shown], **NUMBERS)
             # ... and the block's logits equal the network's own head, computed here.
             block, block_logits = outputs[b - 1]
