@@ -10,6 +10,7 @@ and their bias W @ t_i + b, and the same identity holds for every block.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -77,9 +78,20 @@ class BlockExplanation:
     block_logits: list[torch.Tensor]  # 4 x (B, C), each block's own head
     block_bias: list[torch.Tensor]  # 4 x (B,), each head's bias term for the explained class
     cams: list[torch.Tensor]  # 4 x (B, h_i, w_i) raw CAMs through each block's head
-    means: list[torch.Tensor]  # 4 x (B, h_i, w_i) channel mean of each block (the seed's view)
-    heatmaps: list[torch.Tensor]  # 4 x (B, H, W) normalised CAMs
-    mean_heatmaps: list[torch.Tensor]  # 4 x (B, H, W) normalised means
+    means: list[torch.Tensor]  # 4 x (B, h_i, w_i) channel mean of each block (the original project's view)
+    size: tuple[int, ...]  # (H, W) of the input images
+
+    # Upsampling eight maps to the image costs about as much as a tenth of the forward
+    # pass, so the drawable maps are made on first use, not for every explanation.
+    @cached_property
+    def heatmaps(self) -> list[torch.Tensor]:
+        """4 x (B, H, W) normalised CAMs at the input's resolution."""
+        return [heatmap(c, self.size) for c in self.cams]
+
+    @cached_property
+    def mean_heatmaps(self) -> list[torch.Tensor]:
+        """4 x (B, H, W) normalised mean activations at the input's resolution."""
+        return [heatmap(m, self.size) for m in self.means]
 
 
 def _linear(network: Network | NetworkMultiLoss) -> nn.Linear:
@@ -133,7 +145,6 @@ def explain_every_block(
     classes = _pick_class(logits, class_index)
     cams = [class_activation_map(b, w[classes]) for b, (w, _) in zip(blocks, heads)]
     means = [b.mean(dim=1) for b in blocks]
-    size = tuple(images.shape[-2:])
     return BlockExplanation(
         logits=logits,
         class_index=classes,
@@ -141,8 +152,7 @@ def explain_every_block(
         block_bias=[bias[classes] for _, bias in heads],
         cams=cams,
         means=means,
-        heatmaps=[heatmap(c, size) for c in cams],
-        mean_heatmaps=[heatmap(m, size) for m in means],
+        size=tuple(images.shape[-2:]),
     )
 
 
