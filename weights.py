@@ -314,8 +314,8 @@ def _network_reason(error: BaseException, staging: Path) -> str:
         # gdown wraps the last attempt's error once its retries are spent.
         return f"{_network_reason(error.__cause__, staging)} (after {retried.group(1)} retries)"
     if isinstance(error, requests.ConnectionError):
-        host = urllib.parse.urlparse(error.request.url).hostname if error.request is not None else None
-        where = host or "the server"
+        host = urllib.parse.urlparse(str(error.request.url)).hostname if error.request is not None else None
+        where = str(host) if host else "the server"
         if re.search(r"NameResolution|Failed to resolve|Name or service not known|getaddrinfo", text):
             return f"cannot resolve {where} (no internet connection, or a wrong host name?)"
         if "Connection refused" in text:
