@@ -101,9 +101,17 @@ def _linear(network: Network | NetworkMultiLoss) -> nn.Linear:
     return layer
 
 
-def _pick_class(logits: torch.Tensor, class_index: int | None) -> torch.Tensor:
+def _pick_class(logits: torch.Tensor, class_index: int | torch.Tensor | None) -> torch.Tensor:
+    """(B,) classes to explain: the prediction, one class for all, or one class per image."""
     if class_index is None:
         return logits.argmax(dim=1)
+    if isinstance(class_index, torch.Tensor):
+        classes = class_index.to(device=logits.device, dtype=torch.long).reshape(-1)
+        if classes.numel() == 1:
+            return classes.expand(logits.shape[0]).clone()
+        if classes.shape[0] != logits.shape[0] or not bool(((classes >= 0) & (classes < logits.shape[1])).all()):
+            raise ValueError(f"class indices must be one per image in 0..{logits.shape[1] - 1}")
+        return classes
     if not 0 <= class_index < logits.shape[1]:
         raise ValueError(f"class index {class_index} is outside 0..{logits.shape[1] - 1}")
     return torch.full((logits.shape[0],), class_index, dtype=torch.long, device=logits.device)
@@ -120,7 +128,7 @@ def last_block_features(network: Network | NetworkMultiLoss, images: torch.Tenso
 
 @torch.no_grad()
 def explain_last_block(
-    network: Network | NetworkMultiLoss, images: torch.Tensor, class_index: int | None = None
+    network: Network | NetworkMultiLoss, images: torch.Tensor, class_index: int | torch.Tensor | None = None
 ) -> Explanation:
     """CAM of the last conv block for the predicted class (or class_index), batched."""
     logits, features = last_block_features(network, images)
@@ -132,7 +140,7 @@ def explain_last_block(
 
 @torch.no_grad()
 def explain_every_block(
-    network: Network | NetworkMultiLoss, images: torch.Tensor, class_index: int | None = None
+    network: Network | NetworkMultiLoss, images: torch.Tensor, class_index: int | torch.Tensor | None = None
 ) -> BlockExplanation:
     """Exact CAM of each block through its own head, plus each block's mean activation."""
     if not isinstance(network, NetworkMultiLoss):

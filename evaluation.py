@@ -241,16 +241,11 @@ def _as_input(images: Tensor, size: int, device: torch.device | str) -> Tensor:
 @torch.no_grad()
 def _cam_maps(network: nn.Module, images: Tensor, classes: Tensor) -> list[Tensor]:
     """Exact CAMs with a class per image: every block's for a NetworkMultiLoss, the last block's for a Network."""
-    if not isinstance(network, (Network, NetworkMultiLoss)):
-        raise TypeError("the 'cam' method needs one of Where to look's GAP networks; use a Grad-CAM method")
-    linear = network.classifier[-1]
-    assert isinstance(linear, nn.Linear)
     if isinstance(network, NetworkMultiLoss):
-        # As cams.explain_every_block, but that takes one class for the whole batch.
-        heads = [cams.head_weights(linear, t)[0] for t in network.transforms()]
-        return [cams.class_activation_map(b, w[classes]) for b, w in zip(network.block_outputs(images), heads)]
-    _, features = cams.last_block_features(network, images)
-    return [cams.class_activation_map(features, linear.weight[classes])]
+        return cams.explain_every_block(network, images, classes).cams
+    if isinstance(network, Network):
+        return [cams.explain_last_block(network, images, classes).cam]
+    raise TypeError("the 'cam' method needs one of Where to look's GAP networks; use a Grad-CAM method")
 
 
 def _views(model: ModelLike, method: str, images: Tensor, classes: Tensor) -> dict[str, Tensor]:
