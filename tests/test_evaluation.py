@@ -6,7 +6,6 @@ import copy
 import io
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,15 +24,6 @@ from model_network import Network, NetworkMultiLoss
 SIZE = 64  # the smallest side at which Network's last block still has a 4 x 4 map
 CLASSES = ["Uninfected", "Parasitized"]
 PINK, PURPLE = np.array([220.0, 150.0, 170.0]), np.array([70.0, 20.0, 90.0])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Small tensors: a second thread costs more than it gives, and on a busy machine far more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- synthetic cells

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -17,15 +17,6 @@ import gradcams
 from model_network import Network, NetworkMultiLoss
 
 GRADIENT_METHODS = [name for name in gradcams.METHODS if name != "scorecam"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: a second thread costs more than it gives, and on a busy machine far more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def randomise_batch_norm(model: nn.Module, seed: int = 0) -> nn.Module:
