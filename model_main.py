@@ -17,10 +17,26 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+import augment as augmentations
 from distributed import DistInfo, cleanup, env_rank, eval_shard, launched_by_torchrun, log_shard, setup, train_sampler
-from model_data import DatasetCache, DatasetError, ImageError, make_dataset, write_test_manifest
+from model_data import (
+    DATASETS,
+    DEFAULT_PREPROCESS,
+    PREPROCESS,
+    SPLIT_BY,
+    DatasetCache,
+    DatasetError,
+    ImageError,
+    TrainingSplits,
+    find_identity_manifest,
+    identities_by_split,
+    read_identities,
+    shared_identities,
+    training_splits,
+    write_test_manifest,
+)
 from model_network import build_network
-from model_trainer import CheckpointTrainer, classification_report, format_report, pick_amp_dtype
+from model_trainer import SCHEDULES, CheckpointTrainer, classification_report, format_report, pick_amp_dtype
 from prompts import NoAnswer, ask
 from runtime import DEVICE_CHOICES, pick_device, seed_everything
 from weights import CheckpointError, load_checkpoint
@@ -29,30 +45,84 @@ PROJECT = Path(__file__).resolve().parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Every prompt's answer and every training knob as a flag."""
+    """Every prompt's answer and every training knob as a flag, grouped as the help shows them."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=["gender", "malaria", "folder"], help="data set to train on (asked if missing)")
-    p.add_argument("--data-dir", type=Path, help="the data set's folder (asked if missing)")
-    p.add_argument("--network", choices=["last", "every"], help="CAM of the last block only, or of every block")
-    p.add_argument(
+    data = p.add_argument_group("data")
+    data.add_argument(
+        "--dataset", choices=["gender", "malaria", "folder"], help="data set to train on (asked if missing)"
+    )
+    data.add_argument("--data-dir", type=Path, help="the data set's folder (asked if missing)")
+    data.add_argument("--max-per-class", type=int, default=None, help="use at most this many training images per class")
+    data.add_argument(
+        "--split-by",
+        choices=SPLIT_BY,
+        default="group",
+        help="malaria and cell folders: split by patient (default; no leak) or by file (for a few patients; leaks)",
+    )
+    data.add_argument(
+        "--identities", type=Path, help="CSV of file names and identities (people, patients) to check the split with"
+    )
+    data.add_argument(
+        "--preprocess",
+        choices=["auto", *PREPROCESS],
+        default="auto",
+        help="squash the picture to a square, or cut its centred square (auto: center-crop for faces, else squash)",
+    )
+    data.add_argument("--image-size", type=int, default=128, help="side of the square network input, divisible by 16")
+    data.add_argument("--workers", type=int, default=2, help="processes that decode images into the cache (default 2)")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--network", choices=["last", "every"], help="CAM of the last block only, or of every block")
+    model.add_argument(
         "--loss", choices=["last", "every"], help="for --network every: loss on the last block or summed over all"
     )
-    p.add_argument("--epochs", type=int, default=10, help="epochs in total, resumes included (default 10)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per step and process (default 16)")
-    p.add_argument("--max-per-class", type=int, default=None, help="use at most this many training images per class")
-    p.add_argument("--image-size", type=int, default=128, help="side of the square network input, divisible by 16")
-    p.add_argument("--workers", type=int, default=2, help="processes that decode images into the cache (default 2)")
-    p.add_argument("--models-dir", type=Path, default=PROJECT / "models", help="where checkpoints go (default models/)")
-    p.add_argument("--manifest-dir", type=Path, default=PROJECT / "data", help="where the test-split manifest goes")
-    p.add_argument("--seed", type=int, default=0, help="seed for subsets, shuffling, augmentation and init")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto picks CUDA, then MPS, then CPU")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3; the seed used 1e-4)")
-    p.add_argument("--gamma", type=float, default=0.85, help="ExponentialLR decay per epoch (default 0.85; seed 0.95)")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random flips/90-degree turns")
-    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA: bf16 autocast (fp16 on older GPUs)")
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster on GPUs)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network (falls back if it fails)")
-    p.add_argument("--restart", action="store_true", help="train from scratch, replacing an existing checkpoint")
+    model.add_argument("--models-dir", type=Path, default=PROJECT / "models", help="where checkpoints go (models/)")
+    model.add_argument(
+        "--manifest-dir",
+        type=Path,
+        help="also write the test-split manifest here under the original name (default: only beside the checkpoint)",
+    )
+    model.add_argument("--restart", action="store_true", help="train from scratch, replacing an existing checkpoint")
+
+    optimisation = p.add_argument_group("optimisation")
+    optimisation.add_argument("--epochs", type=int, default=10, help="epochs in total, resumes included (default 10)")
+    optimisation.add_argument("--batch-size", type=int, default=16, help="images per step and process (default 16)")
+    optimisation.add_argument(
+        "--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3; the original project used 1e-4)"
+    )
+    optimisation.add_argument(
+        "--schedule", choices=SCHEDULES, default="exponential", help="per-epoch LR decay (default exponential)"
+    )
+    optimisation.add_argument(
+        "--gamma",
+        type=float,
+        default=0.85,
+        help="exponential schedule: decay per epoch (default 0.85; the original project used 0.95)",
+    )
+    optimisation.add_argument(
+        "--augment",
+        choices=augmentations.CHOICES,
+        default="auto",
+        help="training augmentation (auto: flips and 90-degree turns for cells, flip/zoom/colour for faces)",
+    )
+    optimisation.add_argument(
+        "--no-augment", dest="augment", action="store_const", const="none", help="the same as --augment none"
+    )
+    optimisation.add_argument(
+        "--ema", type=float, metavar="DECAY", help="keep a moving average of the weights (e.g. 0.999); judged and saved"
+    )
+    optimisation.add_argument(
+        "--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0)"
+    )
+    optimisation.add_argument("--seed", type=int, default=0, help="seed for subsets, shuffling, augmentation and init")
+
+    runtime = p.add_argument_group("runtime")
+    runtime.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto picks CUDA, then MPS, then CPU")
+    runtime.add_argument(
+        "--amp", action="store_true", help="mixed precision on CUDA: bf16 autocast (fp16 on older GPUs)"
+    )
+    runtime.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster on GPUs)")
+    runtime.add_argument("--compile", action="store_true", help="torch.compile the network (falls back if it fails)")
     args = p.parse_args(argv)
     if args.image_size <= 0 or args.image_size % 16:
         p.error("--image-size must be a positive multiple of 16")
@@ -60,6 +130,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
+    if args.ema is not None and not 0 < args.ema < 1:
+        p.error("--ema must be between 0 and 1 (e.g. 0.999)")
+    if not 0 <= args.label_smoothing < 1:
+        p.error("--label-smoothing must be in [0, 1)")
     return args
 
 
@@ -130,6 +204,36 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
     return args.models_dir / f"model_{data_name(args)}_{run_name(args)}.pt"
 
 
+def test_manifest_path(checkpoint: Path) -> Path:
+    """Where a model's test-split file names go: beside its checkpoint, never into the repository's data/."""
+    return checkpoint.with_name(checkpoint.name.removesuffix(".pt") + ".test_files.json")
+
+
+def identity_check(args: argparse.Namespace, splits: TrainingSplits) -> str:
+    """One line saying whether any person (faces) or patient (cells) sits in two splits."""
+    noun = "patients" if args.dataset in ("malaria", "folder") else "people"
+    source = args.identities or find_identity_manifest(args.data_dir)
+    known = read_identities(source) if source else None
+    by_split = identities_by_split(
+        {"train": splits.train, "val": splits.val, "test": splits.test}, DATASETS[args.dataset].group, known
+    )
+    if not any(by_split.values()):
+        return (
+            f"{noun}: unknown (the file names carry no identity); pass --identities CSV to check that "
+            f"no one is in two splits"
+        )
+    counts = ", ".join(f"{len(ids)} in {split}" for split, ids in by_split.items())
+    where = f" (identities from {source})" if source else " (identities from the file names)"
+    shared = shared_identities(by_split)
+    if not shared:
+        return f"{noun}: {counts}; none in two splits{where}"
+    example = ", ".join(f"{i} in {'+'.join(s)}" for i, s in list(shared.items())[:3])
+    return (
+        f"warning: {len(shared)} {noun} sit in two splits (e.g. {example}){where}: validation and test "
+        f"accuracy overstate the accuracy on new {noun}"
+    )
+
+
 def confirm_restart(args: argparse.Namespace, read: Callable[[str], str] = input) -> None:
     """Ask before replacing a checkpoint that holds weights but no training state (bundled, downloaded)."""
     path = checkpoint_path(args)
@@ -150,6 +254,11 @@ def confirm_restart(args: argparse.Namespace, read: Callable[[str], str] = input
     args.restart = True
 
 
+def loss_function(args: argparse.Namespace) -> torch.nn.Module:
+    """Cross-entropy, with --label-smoothing eps: (1 - eps) * CE + eps * mean over classes of -log p."""
+    return torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+
+
 def train(args: argparse.Namespace, dist: DistInfo | None = None) -> dict | None:
     """Train (or resume) one model as the arguments say; returns the test report (None on ranks but 0).
 
@@ -158,19 +267,28 @@ def train(args: argparse.Namespace, dist: DistInfo | None = None) -> dict | None
     dist = dist or DistInfo(device=pick_device(args.device))
     device, main = dist.device, dist.is_main
     seed_everything(args.seed)
-    options = {"size": args.image_size, "seed": args.seed}
-    train_set = make_dataset(args.dataset, args.data_dir, "train", max_samples_per_class=args.max_per_class, **options)
-    val_set = make_dataset(args.dataset, args.data_dir, "val", **options)
-    test_set = make_dataset(args.dataset, args.data_dir, "test", **options)
-    class_names = train_set.class_names
+    preprocess = DEFAULT_PREPROCESS[args.dataset] if args.preprocess == "auto" else args.preprocess
+    splits = training_splits(
+        args.dataset, args.data_dir, args.max_per_class, args.seed, args.image_size, preprocess, args.split_by
+    )
+    class_names = splits.train.class_names
+    checkpoint = checkpoint_path(args)
     if main:
-        manifest = write_test_manifest(test_set, args.manifest_dir / manifest_name(args))
+        for note in splits.notes:
+            print(note, file=sys.stderr)
+        manifest = None
+        if splits.test.samples:
+            manifest = write_test_manifest(splits.test, test_manifest_path(checkpoint))
+            if args.manifest_dir is not None:
+                write_test_manifest(splits.test, args.manifest_dir / manifest_name(args))
         processes = f" x {dist.world_size} processes (torchrun)" if dist.enabled else ""
         print(
-            f"{args.dataset}: {len(train_set)} training, {len(val_set)} validation, {len(test_set)} test images; "
-            f"classes {', '.join(class_names)}; device {device}{processes}; test files listed in {manifest}",
+            f"{args.dataset}: {len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test "
+            f"images; classes {', '.join(class_names)}; {preprocess} to {args.image_size} px; device {device}"
+            f"{processes}" + (f"; test files listed in {manifest}" if manifest else ""),
             file=sys.stderr,
         )
+        print(identity_check(args, splits), file=sys.stderr)
     amp_dtype = pick_amp_dtype(device) if args.amp else None
     if args.amp and main:
         if amp_dtype is None:
@@ -188,31 +306,33 @@ def train(args: argparse.Namespace, dist: DistInfo | None = None) -> dict | None
     # Under torchrun every rank decodes the whole train and val split (N times the work
     # and memory on one machine): a rank's shard changes every epoch, and a full cache
     # on every rank keeps that simple and the ranks identical.
-    caches = [
-        DatasetCache(s).fill(args.workers, f"decoding {n}", progress=main)
-        for s, n in ((train_set, "train"), (val_set, "val"))
-    ]
-    sampler = train_sampler(caches[0], dist, args.seed) if dist.enabled else None
+    train_cache = DatasetCache(splits.train).fill(args.workers, "decoding train", progress=main)
+    sampler = train_sampler(train_cache, dist, args.seed) if dist.enabled else None
     if sampler is None:
-        loader_train = DataLoader(caches[0], batch_size=args.batch_size, shuffle=True)
+        loader_train = DataLoader(train_cache, batch_size=args.batch_size, shuffle=True)
     else:
-        loader_train = DataLoader(caches[0], batch_size=args.batch_size, sampler=sampler)
-    loader_val = DataLoader(eval_shard(caches[1], dist), batch_size=256)
-    log_shard(sampler, dist, len(caches[0]))
+        loader_train = DataLoader(train_cache, batch_size=args.batch_size, sampler=sampler)
+    loader_val = None
+    if splits.val.samples:
+        val_cache = DatasetCache(splits.val).fill(args.workers, "decoding val", progress=main)
+        loader_val = DataLoader(eval_shard(val_cache, dist), batch_size=256)
+    log_shard(sampler, dist, len(train_cache))
 
     network = build_network(args.network, len(class_names))
-    checkpoint = checkpoint_path(args)
     metadata = {
         "class_names": class_names,
         "image_size": args.image_size,
+        "preprocess": preprocess,
         "network": args.network,
         "loss": args.loss,
         "dataset": args.dataset,
         "seed": args.seed,
+        "schedule": args.schedule,
+        "ema": args.ema,
     }
     trainer = CheckpointTrainer(
         network,
-        torch.nn.CrossEntropyLoss(),
+        loss_function(args),
         checkpoint,
         args.epochs,
         every_layer_loss=args.loss == "every",
@@ -221,8 +341,10 @@ def train(args: argparse.Namespace, dist: DistInfo | None = None) -> dict | None
         resume=not args.restart,
         lr=args.lr,
         gamma=args.gamma,
+        schedule=args.schedule,
+        ema_decay=args.ema,
         device=device,
-        augment=args.augment,
+        augment=augmentations.for_dataset(args.augment, args.dataset),
         dist=dist,
         amp_dtype=amp_dtype,
         channels_last=args.channels_last,
@@ -241,19 +363,25 @@ def train(args: argparse.Namespace, dist: DistInfo | None = None) -> dict | None
     if not main:
         return None  # rank 0 alone judges the test split and writes the metrics
 
-    # The test split is judged with the best-validation weights, as they are the ones to use.
-    best = load_checkpoint(trainer.best_path)
-    trainer.network.load_state_dict(best["net_state_dict"])
-    loader_test = DataLoader(DatasetCache(test_set).fill(args.workers, "decoding test"), batch_size=256)
-    report = classification_report(*trainer.predict(loader_test), class_names)
-    report.update(checkpoint=str(checkpoint), best_checkpoint=str(trainer.best_path), best_epoch=best.get("epoch"))
+    report: dict = {"test": None}
+    if splits.test.samples:
+        # The test split is judged with the best-validation weights, as they are the ones to use.
+        best = load_checkpoint(trainer.best_path)
+        trainer.network.load_state_dict(best["net_state_dict"])
+        loader_test = DataLoader(DatasetCache(splits.test).fill(args.workers, "decoding test"), batch_size=256)
+        report = classification_report(*trainer.predict(loader_test), class_names)
+        report["best_epoch"] = best.get("epoch")
+        print(format_report(report))
+    report.update(checkpoint=str(checkpoint), best_checkpoint=str(trainer.best_path), notes=splits.notes)
     report["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    report["settings"]["preprocess"] = preprocess
     if dist.enabled:
         report["settings"]["processes"] = dist.world_size
     report["history"] = history
-    print(format_report(report))
     metrics_path = checkpoint.with_suffix(".metrics.json")
-    metrics_path.write_text(json.dumps(report, indent=1) + "\n")
+    if history or not metrics_path.exists():
+        # A rerun of a finished run trains nothing: keep the metrics of the run that did.
+        metrics_path.write_text(json.dumps(report, indent=1) + "\n")
     print(f"checkpoint: {checkpoint}\nbest weights: {trainer.best_path}\nmetrics: {metrics_path}")
     return report
 

@@ -11,9 +11,11 @@ from typing import Any, cast
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
+import augment as augmentations
 from distributed import DistInfo, barrier, broadcast_buffers, reduce_sums
 from model_network import NetworkMultiLoss
 from weights import CheckpointError, load_checkpoint, save_checkpoint
@@ -25,20 +27,10 @@ def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
 
 
-def dihedral_augment(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random flips and 90-degree turns per image (the 8 symmetries of a square).
+# Kept under its old name: the cell augmentation now lives in augment.py with the others.
+dihedral_augment = augmentations.dihedral
 
-    A blood cell has no 'up': every turn or mirror image of it is just as real, so
-    this multiplies the data eightfold without inventing anything. Done on the batch
-    tensor (three masked selects) instead of per image, so it costs next to nothing.
-    """
-    n = images.shape[0]
-    masks = torch.rand((3, n, 1, 1, 1), generator=generator).to(images.device) < 0.5
-    images = torch.where(masks[0], images.flip(-1), images)
-    images = torch.where(masks[1], images.flip(-2), images)
-    if images.shape[-1] == images.shape[-2]:
-        images = torch.where(masks[2], images.transpose(-1, -2), images)
-    return images
+SCHEDULES = ("exponential", "cosine")
 
 
 def pick_amp_dtype(device: torch.device | str) -> torch.dtype | None:
@@ -50,8 +42,12 @@ def pick_amp_dtype(device: torch.device | str) -> torch.dtype | None:
 
 
 class Trainer:
-    """Adam + ExponentialLR training of a Network or NetworkMultiLoss (optionally every-block loss).
+    """Adam training of a Network or NetworkMultiLoss (optionally every-block loss), one LR step per epoch.
 
+    The learning rate decays per epoch: exponentially by `gamma` (the original project's
+    schedule) or along a cosine to 1 % of `lr` over `total_epochs`. With `ema_decay` an
+    exponential moving average of the weights (and batch-norm statistics) follows every
+    step: ema = decay * ema + (1 - decay) * weights; validation then judges the average.
     With `dist` (from distributed.setup() under torchrun) the network trains wrapped in
     DistributedDataParallel; `self.network` stays the plain module, whose state_dict
     (no `module.` or `_orig_mod.` prefixes) is what checkpoints hold.
@@ -65,12 +61,15 @@ class Trainer:
         lr: float = 1e-4,
         gamma: float = 0.95,
         device: torch.device | str = "cpu",
-        augment: bool = False,
+        augment: bool | augmentations.Augment | None = False,
         show_progress: bool = True,
         dist: DistInfo | None = None,
         amp_dtype: torch.dtype | None = None,
         channels_last: bool = False,
         compile_model: bool = False,
+        schedule: str = "exponential",
+        total_epochs: int | None = None,
+        ema_decay: float | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.dist = dist or DistInfo(device=self.device)
@@ -80,10 +79,16 @@ class Trainer:
             self.network = self.network.to(memory_format=self.memory_format)
         self.loss_function = loss_function
         self.every_layer_loss = every_layer_loss
-        self.augment = augment
+        # True is the cell augmentation, for callers from before augment.py had others.
+        self.augment = augmentations.dihedral if augment is True else augment or None
         self.show_progress = show_progress and self.dist.is_main
         self.optim = torch.optim.Adam(self.network.parameters(), lr=lr)
-        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optim, gamma)
+        self.scheduler = make_scheduler(self.optim, schedule, gamma, total_epochs)
+        self.ema = (
+            AveragedModel(self.network, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            if ema_decay
+            else None
+        )
         self.amp_dtype = amp_dtype
         # Only fp16 needs loss scaling; bf16 has float32's exponent range.
         self.scaler = torch.amp.GradScaler(self.device.type) if amp_dtype == torch.float16 else None
@@ -124,6 +129,11 @@ class Trainer:
             images = images.contiguous(memory_format=self.memory_format)
         return images
 
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights that validation judges and the best checkpoint keeps: the EMA's, else the network's."""
+        return self.ema.module if self.ema is not None else self.network
+
     def _backward_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.optim.zero_grad(set_to_none=True)
         loss, logits = self._loss_and_logits(images, labels, self.model)
@@ -134,6 +144,8 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optim)
             self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.network)
         return loss.detach(), logits.detach()
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,12 +164,18 @@ class Trainer:
             self.model = self._eager
             return self._backward_step(images, labels)
 
-    def epoch(self, loader: Iterable, training: bool, description: str = "") -> tuple[float, float]:
-        """One pass over the loader; returns (mean loss per image, accuracy in %), over every process."""
+    def epoch(
+        self, loader: Iterable, training: bool, description: str = "", network: nn.Module | None = None
+    ) -> tuple[float, float]:
+        """One pass over the loader; returns (mean loss per image, accuracy in %), over every process.
+
+        Validation judges `network` if given, else `self.evaluated` (the EMA weights when on).
+        """
+        judged = network if network is not None else self.evaluated
         if training:
             self.model.train()
         else:
-            self.network.eval()
+            judged.eval()
         # Sums stay on the device: reading them every step would make the GPU wait for the CPU.
         sums = torch.zeros(3, dtype=torch.float32 if self.device.type == "mps" else torch.float64, device=self.device)
         bar = tqdm(loader, desc=description, leave=False, disable=not self.show_progress, dynamic_ncols=True)
@@ -166,11 +184,11 @@ class Trainer:
                 images = self._input(images)
                 labels = labels.to(self.device).reshape(-1)
                 if training:
-                    if self.augment:
-                        images = dihedral_augment(images)
+                    if self.augment is not None:
+                        images = self.augment(images)
                     loss, logits = self.train_step(images, labels)
                 else:
-                    loss, logits = self._loss_and_logits(images, labels)
+                    loss, logits = self._loss_and_logits(images, labels, judged)
                 sums[0] += loss.to(sums.dtype) * len(labels)
                 sums[1] += (logits.argmax(1) == labels).sum()
                 sums[2] += len(labels)
@@ -196,6 +214,20 @@ class Trainer:
             truths.append(labels.reshape(-1).cpu())
             predictions.append(logits.argmax(1).cpu())
         return torch.cat(truths), torch.cat(predictions)
+
+
+def make_scheduler(
+    optim: torch.optim.Optimizer, schedule: str, gamma: float, total_epochs: int | None
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch learning-rate schedule: 'exponential' (lr * gamma^epoch) or 'cosine' (to 1 % over the run)."""
+    if schedule == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optim, gamma)
+    if schedule == "cosine":
+        if not total_epochs:
+            raise ValueError("the cosine schedule needs the run's total number of epochs")
+        base = optim.param_groups[0]["lr"]
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=total_epochs, eta_min=base / 100)
+    raise ValueError(f"unknown schedule {schedule!r} (expected one of {', '.join(SCHEDULES)})")
 
 
 def classification_report(truth: torch.Tensor, predicted: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
@@ -246,6 +278,8 @@ class CheckpointTrainer(Trainer):
 
     The checkpoint holds the latest epoch's state (to resume); the best-validation
     weights go to `<name>.best.pt` beside it, without optimizer state (for inference).
+    With EMA on, those are the averaged weights. Without a validation split, the last
+    epoch's weights count as best.
     """
 
     def __init__(
@@ -260,6 +294,7 @@ class CheckpointTrainer(Trainer):
         resume: bool = True,
         **trainer_options: Any,
     ) -> None:
+        trainer_options.setdefault("total_epochs", epochs)
         super().__init__(network, loss_function, every_layer_loss, **trainer_options)
         self.chkpt_path = Path(chkpt_path)
         self.best_path = self.chkpt_path.with_suffix(".best.pt")
@@ -267,7 +302,7 @@ class CheckpointTrainer(Trainer):
         self.metadata = dict(metadata or {})
         self.seed = seed
         self.ep = 0
-        self.best_val_acc = 0.0
+        self.best_val_acc: float | None = 0.0
         if resume and self.chkpt_path.exists():
             self._resume()
 
@@ -279,7 +314,7 @@ class CheckpointTrainer(Trainer):
                 f"{self.chkpt_path}: cannot resume, the checkpoint lacks {', '.join(sorted(missing))} "
                 "(pass --restart to train a new model over it, or another --models-dir)"
             )
-        for key in ("network", "loss", "dataset", "image_size", "class_names"):
+        for key in ("network", "loss", "dataset", "image_size", "class_names", "preprocess", "ema", "schedule"):
             if key in checkpoint and key in self.metadata and checkpoint[key] != self.metadata[key]:
                 raise CheckpointError(
                     f"{self.chkpt_path}: was trained with {key}={checkpoint[key]!r}, this run asks for "
@@ -289,16 +324,29 @@ class CheckpointTrainer(Trainer):
             self.network.load_state_dict(checkpoint["net_state_dict"], strict=True)
             self.optim.load_state_dict(checkpoint["optim_state_dict"])
             self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
+            if self.ema is not None:
+                if "ema_state_dict" not in checkpoint:
+                    raise KeyError("it holds no moving average of the weights (trained without --ema)")
+                self.ema.load_state_dict(checkpoint["ema_state_dict"])
         except (RuntimeError, ValueError, KeyError) as error:
-            first = str(error).strip().splitlines()[0]
+            first = str(error).strip().strip("'\"").splitlines()[0]
             raise CheckpointError(f"{self.chkpt_path}: does not match this network, cannot resume ({first})") from None
         self.ep = int(checkpoint["epoch"])
-        self.best_val_acc = float(checkpoint.get("best_val_acc", 0.0))
-        if self.dist.is_main:
+        best = checkpoint.get("best_val_acc", 0.0)
+        self.best_val_acc = None if best is None else float(best)
+        if not self.dist.is_main:
+            return
+        if self.ep >= self.epochs:
+            print(
+                f"{self.chkpt_path} has been trained for all {self.ep} of {self.epochs} epochs: nothing to train "
+                "(pass a higher --epochs to go on, or --restart to start over)",
+                file=sys.stderr,
+            )
+        else:
             print(f"resuming {self.chkpt_path} after epoch {self.ep} of {self.epochs}", file=sys.stderr)
 
     def _state(self) -> dict[str, Any]:
-        return {
+        state = {
             "net_state_dict": self.network.state_dict(),
             "optim_state_dict": self.optim.state_dict(),
             "scheduler_state_dict": self.scheduler.state_dict(),
@@ -306,10 +354,24 @@ class CheckpointTrainer(Trainer):
             "epoch": self.ep,
             **self.metadata,
         }
+        if self.ema is not None:
+            state["ema_state_dict"] = self.ema.state_dict()
+        return state
 
-    def train(self, loader_train: Iterable, loader_val: Iterable | None) -> list[dict[str, float]]:
-        """Run the epochs still missing up to self.epochs; returns one history row per epoch run."""
-        history = []
+    def _best_state(self) -> dict[str, Any]:
+        """What `<name>.best.pt` holds: the judged weights and the metadata, no resume state."""
+        resume_only = ("optim_state_dict", "scheduler_state_dict", "ema_state_dict")
+        best = {k: v for k, v in self._state().items() if k not in resume_only}
+        best["net_state_dict"] = self.evaluated.state_dict()
+        return best
+
+    def train(self, loader_train: Iterable, loader_val: Iterable | None) -> list[dict[str, Any]]:
+        """Run the epochs still missing up to self.epochs; returns one history row per epoch run.
+
+        With `loader_val` None there is nothing to choose by: every epoch's weights
+        replace the best ones, so the last epoch's count, and best_val_acc is None.
+        """
+        history: list[dict[str, Any]] = []
         sampler = getattr(loader_train, "sampler", None)
         while self.ep < self.epochs:
             # Seeding per epoch makes a resumed run draw the same shuffles and
@@ -321,35 +383,37 @@ class CheckpointTrainer(Trainer):
                 sampler.set_epoch(self.ep)
             label = f"epoch {self.ep + 1}/{self.epochs}"
             train_loss, train_acc = self.epoch(loader_train, True, f"{label} train")
+            row: dict[str, Any] = {"epoch": self.ep + 1, "train_loss": train_loss, "train_acc": train_acc}
             if loader_val is not None:
                 val_loss, val_acc = self.epoch(loader_val, False, f"{label} val")
+                row.update(val_loss=val_loss, val_acc=val_acc)
+                if self.ema is not None:
+                    # The raw weights too, so that a run shows whether the average helped.
+                    row["val_loss_raw"], row["val_acc_raw"] = self.epoch(loader_val, False, "", self.network)
+                improved = self.best_val_acc is None or val_acc > self.best_val_acc or not self.best_path.exists()
+                self.best_val_acc = val_acc if improved else self.best_val_acc
             else:
-                val_loss, val_acc = train_loss, train_acc
+                improved, self.best_val_acc = True, None
             self.scheduler.step()
             self.ep += 1
-            improved = val_acc > self.best_val_acc or not self.best_path.exists()
-            self.best_val_acc = max(self.best_val_acc, val_acc)
             if self.dist.is_main:
                 save_checkpoint(self._state(), self.chkpt_path)
                 if improved:
-                    resume_only = ("optim_state_dict", "scheduler_state_dict")
-                    best = {k: v for k, v in self._state().items() if k not in resume_only}
-                    save_checkpoint(best, self.best_path)
+                    save_checkpoint(self._best_state(), self.best_path)
             if self.dist.enabled:
                 barrier()  # the other ranks wait until rank 0's checkpoint is complete, then go on or exit
-            row = {
-                "epoch": self.ep,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-            }
             history.append(row)
-            if not self.dist.is_main:
-                continue
-            print(
-                f"{label}: train loss {train_loss:.4f} acc {train_acc:.2f}% | "
-                f"val loss {val_loss:.4f} acc {val_acc:.2f}%{' (best)' if improved else ''}",
-                file=sys.stderr,
-            )
+            if self.dist.is_main:
+                best_mark = " (best)" if improved and loader_val is not None else ""
+                print(f"{label}: {_history_line(row)}{best_mark}", file=sys.stderr)
         return history
+
+
+def _history_line(row: dict[str, Any]) -> str:
+    """One epoch's figures as the line the trainer prints."""
+    line = f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%"
+    if "val_acc" in row:
+        line += f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.2f}%"
+    if "val_acc_raw" in row:
+        line += f" (without EMA {row['val_acc_raw']:.2f}%)"
+    return line

@@ -104,6 +104,8 @@ class LoadedModel:
     image_size: int
     path: Path
     checkpoint: dict[str, Any]
+    # How a picture becomes the network's square input; models from before this key were squashed.
+    preprocess: str = "squash"
 
 
 def guess_class_names(checkpoint: dict[str, Any], path: Path, num_classes: int) -> list[str]:
@@ -143,6 +145,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         image_size=int(checkpoint.get("image_size", 128)),
         path=path,
         checkpoint=checkpoint,
+        preprocess=str(checkpoint.get("preprocess", "squash")),
     )
 
 

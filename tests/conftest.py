@@ -161,7 +161,11 @@ def own_malaria(tmp_path: Path) -> Path:
 
 
 def run_cli(
-    *args: str | Path, input: str | None = None, timeout: float = 480, script: str = "model_main.py"
+    *args: str | Path,
+    input: str | None = None,
+    timeout: float = 480,
+    script: str = "model_main.py",
+    cwd: Path = REPO,
 ) -> subprocess.CompletedProcess[str]:
     """Run a CLI of the project as a real subprocess from the repository root.
 
@@ -172,7 +176,7 @@ def run_cli(
     command = [sys.executable, script, *map(str, args)]
     return subprocess.run(
         command,
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         input=input if input is not None else "",
         capture_output=True,

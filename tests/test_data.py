@@ -10,24 +10,40 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FOLDER_CLASSES, GENDER_CLASSES, GENDER_SPLITS, MALARIA_SPLIT_PATIENTS, build_malaria
+from conftest import (
+    FOLDER_CLASSES,
+    GENDER_CLASSES,
+    GENDER_SPLITS,
+    MALARIA_SPLIT_PATIENTS,
+    build_malaria,
+    cell_image,
+    face_image,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 import model_data
 from model_data import (
+    SPLITS,
     DatasetCache,
     DatasetError,
     FolderSet,
     GenderSet,
     ImageError,
     MalariaSet,
+    balanced_sample,
+    celeba_identity,
+    find_identity_manifest,
+    identities_by_split,
     load_image,
     make_dataset,
     patient_id,
+    read_identities,
     read_image_uint8,
+    shared_identities,
     split_of_group,
+    training_splits,
     write_test_manifest,
 )
 
@@ -297,11 +313,141 @@ def test_malaria_wrong_layout(tmp_path: Path) -> None:
         MalariaSet(tmp_path, "training")
 
 
-def test_malaria_empty_split(tmp_path: Path) -> None:
+def test_malaria_empty_split_is_empty_and_make_dataset_names_split_all(tmp_path: Path) -> None:
     build_malaria(tmp_path, patients=[1, 2, 3])  # all three are train patients
     assert len(MalariaSet(tmp_path, "train")) > 0
-    with pytest.raises(DatasetError, match="test"):
-        MalariaSet(tmp_path, "test")
+    assert len(MalariaSet(tmp_path, "test")) == 0
+    assert len(MalariaSet(tmp_path, "all")) == len(MalariaSet(tmp_path, "train"))
+    with pytest.raises(DatasetError, match="test split") as caught:
+        make_dataset("malaria", tmp_path, "test", empty_hint="; pass --split all")
+    assert "--split all" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_split_all_is_every_image_once(malaria_root: Path) -> None:
+    every = MalariaSet(malaria_root, "all")
+    parts = [MalariaSet(malaria_root, split) for split in ("train", "val", "test")]
+    assert sorted(every.samples) == sorted(s for part in parts for s in part.samples)
+
+
+# --------------------------------------------------------------------------- small data sets
+
+
+def build_cells(root: Path, patients_per_class: int, cells: int) -> Path:
+    """`patients_per_class` patients of each class (no patient in both), `cells` cells each; returns the folder."""
+    rng = np.random.default_rng(5)
+    for offset, name in ((0, "Parasitized"), (100, "Uninfected")):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for patient in range(1, patients_per_class + 1):
+            for k in range(cells):
+                cell_image(rng, name == "Parasitized", 40).save(
+                    folder / f"C{patient + offset}P{patient}ThinF_IMG_20150918_144104_cell_{k}.png"
+                )
+    return root
+
+
+def test_training_splits_of_three_patients_per_class_train_with_a_note(tmp_path: Path) -> None:
+    root = build_cells(tmp_path, 3, 10)
+    splits = training_splits("malaria", root)
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 60
+    assert splits.train.counts()[0] > 0 and splits.train.counts()[1] > 0
+    assert splits.notes and all(note.startswith("note:") and "\n" not in note for note in splits.notes)
+    assert any("--split-by file" in note for note in splits.notes)
+    # By file, every split gets images, at the price of one patient's cells in two splits.
+    by_file = training_splits("malaria", root, split_by="file")
+    assert len(by_file.val) > 0 and len(by_file.test) > 0
+    groups = {split: {patient_id(p.name) for p, _ in getattr(by_file, split).samples} for split in SPLITS}
+    assert shared_identities(groups)
+
+
+def test_training_splits_put_everything_in_training_when_a_class_has_none(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name in ("Parasitized", "Uninfected"):
+        (tmp_path / name).mkdir()
+    # C6 is a test patient (see conftest): its cells alone leave training without Uninfected cells.
+    for k in range(3):
+        cell_image(rng, True, 40).save(tmp_path / "Parasitized" / f"C1P1ThinF_IMG_1_cell_{k}.png")
+        cell_image(rng, False, 40).save(tmp_path / "Uninfected" / f"C6P6ThinF_IMG_1_cell_{k}.png")
+    splits = training_splits("malaria", tmp_path)
+    assert splits.train.counts() == [3, 3]
+    assert len(splits.val) == 0 and len(splits.test) == 0
+    assert any("none held out" in note for note in splits.notes)
+
+
+def test_training_splits_refuse_fewer_than_two_images_per_class(tmp_path: Path) -> None:
+    build_cells(tmp_path, 1, 1)
+    with pytest.raises(DatasetError, match="at least 2 per class") as caught:
+        training_splits("malaria", tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_training_splits_of_a_gender_folder_without_validation_and_test(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(GENDER_CLASSES):
+        folder = tmp_path / "Dataset" / "Train" / name
+        folder.mkdir(parents=True)
+        for i in range(4):
+            face_image(rng, label).save(folder / f"{i}.jpg")
+    splits = training_splits("gender", tmp_path)
+    assert len(splits.train) == 8 and len(splits.val) == 0 and len(splits.test) == 0
+    assert len(splits.notes) == 2 and all("Validation" in note for note in splits.notes)
+    assert splits.train.preprocess == "center-crop"
+
+
+def test_balanced_sample_is_seeded_and_even(malaria_root: Path) -> None:
+    every = MalariaSet(malaria_root, "all")
+    sample = balanced_sample(every.samples, 10, seed=1)
+    assert sample == balanced_sample(every.samples, 10, seed=1)
+    assert sample != balanced_sample(every.samples, 10, seed=2)
+    assert sorted(label for _, label in sample) == [0] * 5 + [1] * 5
+    assert set(sample) <= set(every.samples) and sample == [s for s in every.samples if s in sample]
+    # A class with too few images gives all it has; the other fills the rest.
+    lopsided = [s for s in every.samples if s[1] == 0][:2] + [s for s in every.samples if s[1] == 1]
+    assert sorted(label for _, label in balanced_sample(lopsided, 10, seed=0)) == [0] * 2 + [1] * 8
+
+
+# --------------------------------------------------------------------------- identities
+
+
+def test_celeba_identity_from_file_names() -> None:
+    assert celeba_identity("10000_028381.jpg") == "10000"
+    assert celeba_identity("train_female_000.jpg") is None
+    assert celeba_identity("000001.jpg") is None
+
+
+def test_identity_check_flags_a_person_in_two_splits(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    faces = {"Train": ["1_000001.jpg", "2_000002.jpg"], "Validation": ["3_000003.jpg"], "Test": ["1_000009.jpg"]}
+    for split, names in faces.items():
+        for name in GENDER_CLASSES:
+            folder = tmp_path / "Dataset" / split / name
+            folder.mkdir(parents=True)
+            for file in names:
+                face_image(rng, 0).save(folder / file)
+    splits = {s: GenderSet(tmp_path, s) for s in SPLITS}
+    by_split = identities_by_split(splits, GenderSet.group)
+    assert by_split["train"] == {"1", "2"} and by_split["test"] == {"1"}
+    assert shared_identities(by_split) == {"1": ["train", "test"]}
+    # A manifest overrides the names: here it says the test face is of person 7.
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,celeba_identity\nDataset/Test/Female/1_000009.jpg,7\nDataset/Test/Male/1_000009.jpg,7\n")
+    assert find_identity_manifest(tmp_path / "Dataset") == manifest
+    known = read_identities(manifest)
+    assert shared_identities(identities_by_split(splits, GenderSet.group, known)) == {}
+
+
+def test_center_crop_keeps_the_middle_square(tmp_path: Path) -> None:
+    pixels = np.zeros((60, 40, 3), dtype=np.uint8)
+    pixels[:10] = 255  # a white band at the top, outside the centred 40 x 40 square
+    pixels[10:50] = (0, 200, 0)
+    Image.fromarray(pixels).save(tmp_path / "tall.png")
+    cropped = read_image_uint8(tmp_path / "tall.png", 16, "center-crop")
+    assert cropped.shape == (3, 16, 16) and int(cropped[0].max()) == 0 and int(cropped[1].min()) == 200
+    squashed = read_image_uint8(tmp_path / "tall.png", 16, "squash")
+    assert int(squashed[0, 0].max()) == 255  # the band is still there when squashed
+    assert model_data.original_image(tmp_path / "tall.png", "center-crop").shape == (40, 40, 3)
+    with pytest.raises(ValueError):
+        read_image_uint8(tmp_path / "tall.png", 16, "stretch")
 
 
 # --------------------------------------------------------------------------- gender and folder

@@ -10,13 +10,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import error_lines, run_cli
+from conftest import REPO, cell_image, error_lines, face_image, run_cli
 from torch.utils.data import DataLoader, TensorDataset
 
 import model_main
 import weights
+from model_data import training_splits
 from model_network import Network, NetworkMultiLoss
 from model_trainer import CheckpointTrainer, Trainer, classification_report, dihedral_augment, format_report
 from weights import CheckpointError, save_checkpoint
@@ -100,7 +102,7 @@ class Run:
         self.result = run_cli(
             *self.flags,
             *["--data-dir", self.data_dir, "--epochs", str(epochs), *QUICK],
-            *["--models-dir", self.models, "--manifest-dir", self.manifests],
+            *["--models-dir", self.models],
         )
         return self.result
 
@@ -134,7 +136,7 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("name", list(RUNS))
 def test_train_one_epoch(trained, name: str) -> None:
-    _, _, stem, manifest_name, class_names = RUNS[name]
+    _, _, stem, _, class_names = RUNS[name]
     run = trained(name)
     assert run.result.returncode == 0, run.result.stderr
     no_traceback(run.result.stderr)
@@ -161,7 +163,9 @@ def test_train_one_epoch(trained, name: str) -> None:
     assert set(metrics["per_class"]) == set(class_names)
     assert [row["epoch"] for row in metrics["history"]] == [1]
 
-    manifest = json.loads((run.manifests / manifest_name).read_text())
+    # The test split's manifest sits beside the checkpoint (never in the repository's data/).
+    assert not run.manifests.exists()
+    manifest = json.loads((run.models / f"{stem}.test_files.json").read_text())
     if name.startswith("malaria"):
         assert set(manifest) == {"InfectedFilenames", "UninfectedFilenames"}
     else:
@@ -178,8 +182,10 @@ def test_train_one_epoch(trained, name: str) -> None:
     # Written atomically: no temporary file is left behind.
     assert part_files(run.models) == []
     assert sorted(p.name for p in run.models.iterdir()) == sorted(
-        [f"{stem}.pt", f"{stem}.best.pt", f"{stem}.metrics.json"]
+        [f"{stem}.pt", f"{stem}.best.pt", f"{stem}.metrics.json", f"{stem}.test_files.json"]
     )
+    assert checkpoint["preprocess"] == ("center-crop" if name.startswith("gender") else "squash")
+    assert loaded.preprocess == checkpoint["preprocess"]
 
 
 # --------------------------------------------------------------------------- resuming
@@ -217,8 +223,8 @@ def test_resume_continues_and_stops(trained, tmp_path: Path) -> None:
     before = path.read_bytes()
     third = run.again(epochs=2)
     assert third.returncode == 0, third.stderr
-    assert "after epoch 2 of 2" in third.stderr
-    assert "train loss" not in third.stderr
+    assert "trained for all 2 of 2 epochs: nothing to train" in third.stderr
+    assert "resuming" not in third.stderr and "train loss" not in third.stderr
     assert path.read_bytes() == before  # nothing trained, nothing rewritten
     assert torch.load(path, weights_only=True)["epoch"] == 2
     assert part_files(run.models) == []
@@ -505,3 +511,186 @@ def test_bad_numbers_are_argparse_errors(tmp_path: Path, capsys: pytest.CaptureF
     err = capsys.readouterr().err
     no_traceback(err)
     assert f"{flags[0]} must be" in err
+
+
+# --------------------------------------------------------------------------- small data sets
+
+
+def build_patients(root: Path, patients_per_class: int, cells: int) -> Path:
+    """A lab's own folder: `patients_per_class` patients per class, `cells` NIH-named cells each."""
+    rng = np.random.default_rng(3)
+    for offset, name in ((0, "Parasitized"), (100, "Uninfected")):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for patient in range(1, patients_per_class + 1):
+            for k in range(cells):
+                image = cell_image(rng, name == "Parasitized", 40)
+                image.save(folder / f"C{patient + offset}P{patient}ThinF_IMG_20150918_144104_cell_{k}.png")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_three_patients_per_class_train_with_a_note(tmp_path: Path) -> None:
+    data = build_patients(tmp_path / "cells", 3, 10)
+    models = tmp_path / "models"
+    result = run_cli(
+        *["--dataset", "malaria", "--data-dir", data, "--network", "last", "--epochs", "1", *QUICK[:-4]],
+        *["--device", "cpu", "--models-dir", models],
+    )
+    assert result.returncode == 0, result.stderr
+    no_traceback(result.stderr)
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes and any("--split-by file" in note for note in notes), result.stderr
+    assert "patients:" in result.stderr and "none in two splits" in result.stderr
+    checkpoint = torch.load(models / "model_malaria_last.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert (models / "model_malaria_last.best.pt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_split_by_file_gives_every_split_and_warns_of_the_leak(tmp_path: Path) -> None:
+    data = build_patients(tmp_path / "cells", 3, 10)
+    result = run_cli(
+        *["--dataset", "malaria", "--data-dir", data, "--network", "last", "--epochs", "1", "--split-by", "file"],
+        *["--image-size", "32", "--batch-size", "8", "--workers", "0", "--device", "cpu"],
+        *["--models-dir", tmp_path / "models"],
+    )
+    assert result.returncode == 0, result.stderr
+    assert "warning:" in result.stderr and "patients sit in two splits" in result.stderr
+    metrics = json.loads((tmp_path / "models" / "model_malaria_last.metrics.json").read_text())
+    assert metrics["images"] > 0
+
+
+def test_one_image_per_class_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = build_patients(tmp_path / "cells", 1, 1)
+    code = model_main.main(
+        ["--dataset", "malaria", "--data-dir", str(data), "--network", "last", *QUICK]
+        + ["--models-dir", str(tmp_path / "models")]
+    )
+    assert code == 2
+    line = one_error(capsys.readouterr().err)
+    assert "at least 2 per class" in line
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_identity_check_line(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    layout = {"Train": ["1_000001.jpg", "2_000002.jpg"], "Validation": ["3_000003.jpg"], "Test": ["2_000004.jpg"]}
+    for split, names in layout.items():
+        for label, gender in enumerate(("Female", "Male")):
+            folder = tmp_path / "Dataset" / split / gender
+            folder.mkdir(parents=True)
+            for name in names:
+                face_image(rng, label).save(folder / name)
+    args = model_main.parse_args(["--dataset", "gender", "--data-dir", str(tmp_path)])
+    splits = training_splits("gender", tmp_path)
+    line = model_main.identity_check(args, splits)
+    assert line.startswith("warning: 1 people sit in two splits") and "2 in train+test" in line
+    for gender in ("Female", "Male"):
+        folder = tmp_path / "Dataset" / "Test" / gender
+        (folder / "2_000004.jpg").rename(folder / "4_000004.jpg")
+    line = model_main.identity_check(args, training_splits("gender", tmp_path))
+    assert line == "people: 2 in train, 1 in val, 1 in test; none in two splits (identities from the file names)"
+
+
+# --------------------------------------------------------------------------- EMA, label smoothing, schedule
+
+
+def test_ema_weights_are_the_hand_computed_average() -> None:
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    decay = 0.9
+    trainer = Trainer(network, torch.nn.CrossEntropyLoss(), lr=0.1, ema_decay=decay, show_progress=False)
+    expected = {k: v.clone() for k, v in network.state_dict().items()}
+    for step in range(5):
+        images, labels = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+        trainer.train_step(images, labels)
+        current = network.state_dict()
+        for key in expected:
+            # The first step copies the weights; every later one moves the average 1 - decay towards them.
+            expected[key] = current[key].clone() if step == 0 else decay * expected[key] + (1 - decay) * current[key]
+    for key, value in trainer.evaluated.state_dict().items():
+        torch.testing.assert_close(value, expected[key], msg=key)
+    assert not torch.equal(trainer.evaluated.state_dict()["0.weight"], network.state_dict()["0.weight"])
+
+
+def test_label_smoothing_zero_is_plain_cross_entropy() -> None:
+    logits, labels = torch.randn(8, 3), torch.randint(0, 3, (8,))
+    plain = torch.nn.functional.cross_entropy(logits, labels)
+    zero = model_main.loss_function(model_main.parse_args(["--label-smoothing", "0"]))
+    torch.testing.assert_close(zero(logits, labels), plain)
+    smoothed = model_main.loss_function(model_main.parse_args(["--label-smoothing", "0.1"]))
+    # (1 - eps) * CE + eps * mean over classes of -log p: the formula the flag promises.
+    uniform = -logits.log_softmax(1).mean(1).mean()
+    torch.testing.assert_close(smoothed(logits, labels), 0.9 * plain + 0.1 * uniform)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_ema_run_saves_the_average_as_best_and_resumes(tmp_path: Path) -> None:
+    train, val = _tiny_loaders()
+    options = {"ema_decay": 0.9, "schedule": "cosine"}
+    torch.manual_seed(0)
+    straight = _checkpoint_trainer(Network(), tmp_path / "straight.pt", 2, **options)
+    history = straight.train(train, val)
+    assert all("val_acc_raw" in row for row in history)
+    best = torch.load(tmp_path / "straight.best.pt", weights_only=True)
+    kept = {k: v for k, v in straight.evaluated.state_dict().items()}
+    if best["epoch"] == 2:
+        for key, value in best["net_state_dict"].items():
+            torch.testing.assert_close(value, kept[key], msg=key)
+    torch.manual_seed(0)
+    stopped = _checkpoint_trainer(Network(), tmp_path / "stopped.pt", 2, **options)
+    stopped.epochs = 1  # a 2-epoch run interrupted after its first epoch (the cosine still spans 2)
+    stopped.train(train, val)
+    resumed = _checkpoint_trainer(Network(), tmp_path / "stopped.pt", 2, **options)
+    resumed.train(train, val)
+    for key, value in straight.evaluated.state_dict().items():
+        torch.testing.assert_close(resumed.evaluated.state_dict()[key], value, atol=1e-5, rtol=0, msg=key)
+    # The cosine schedule ends at 1 % of the base rate.
+    lr = torch.load(tmp_path / "stopped.pt", weights_only=True)["optim_state_dict"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(1e-5)
+
+
+def test_no_validation_makes_the_last_epoch_best(tmp_path: Path) -> None:
+    train, _ = _tiny_loaders()
+    trainer = _checkpoint_trainer(Network(), tmp_path / "model.pt", 2)
+    history = trainer.train(train, None)
+    assert [row["epoch"] for row in history] == [1, 2] and "val_acc" not in history[0]
+    best = torch.load(tmp_path / "model.best.pt", weights_only=True)
+    assert best["epoch"] == 2 and best["best_val_acc"] is None
+
+
+# --------------------------------------------------------------------------- the checkout stays clean
+
+
+def throwaway_clone(tmp_path: Path) -> Path:
+    """The repository's tracked files as they are now, committed into a fresh git repository."""
+    clone = tmp_path / "clone"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, clone / name)
+    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        subprocess.run(["git", *command], cwd=clone, check=True, capture_output=True)
+    return clone
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_training_leaves_the_checkout_clean(tmp_path: Path, malaria_root: Path) -> None:
+    clone = throwaway_clone(tmp_path)
+    result = run_cli(
+        *["--dataset", "malaria", "--data-dir", malaria_root, "--network", "last", "--epochs", "1", *QUICK],
+        script=str(clone / "model_main.py"),
+        cwd=clone,
+    )
+    assert result.returncode == 0, result.stderr
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True)
+    assert status.stdout == ""
+    assert (clone / "models" / "model_malaria_last.best.pt").is_file()
+    assert (clone / "models" / "model_malaria_last.test_files.json").is_file()
