@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
@@ -47,7 +47,7 @@ class Trainer:
     The learning rate decays per epoch: exponentially by `gamma` (the original project's
     schedule) or along a cosine to 1 % of `lr` over `total_epochs`. With `ema_decay` an
     exponential moving average of the weights (and batch-norm statistics) follows every
-    step: ema = decay * ema + (1 - decay) * weights; validation then judges the average.
+    step (see `ema_update`); validation then judges the average.
     With `dist` (from distributed.setup() under torchrun) the network trains wrapped in
     DistributedDataParallel; `self.network` stays the plain module, whose state_dict
     (no `module.` or `_orig_mod.` prefixes) is what checkpoints hold.
@@ -85,9 +85,7 @@ class Trainer:
         self.optim = torch.optim.Adam(self.network.parameters(), lr=lr)
         self.scheduler = make_scheduler(self.optim, schedule, gamma, total_epochs)
         self.ema = (
-            AveragedModel(self.network, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-            if ema_decay
-            else None
+            AveragedModel(self.network, multi_avg_fn=ema_update(ema_decay), use_buffers=True) if ema_decay else None
         )
         self.amp_dtype = amp_dtype
         # Only fp16 needs loss scaling; bf16 has float32's exponent range.
@@ -214,6 +212,30 @@ class Trainer:
             truths.append(labels.reshape(-1).cpu())
             predictions.append(logits.argmax(1).cpu())
         return torch.cat(truths), torch.cat(predictions)
+
+
+Tensors = list[torch.Tensor] | tuple[torch.Tensor, ...]
+
+
+def ema_update(decay: float) -> Callable[[Tensors, Tensors, torch.Tensor | int], None]:
+    """The moving-average step for AveragedModel: ema = d_n * ema + (1 - d_n) * weights after update n.
+
+    d_n = min(decay, (1 + n) / (10 + n)) (n updates so far; the first update copies the
+    weights), as TensorFlow's ExponentialMovingAverage does with num_updates: without the
+    ramp, a slow average would still be mostly the random initial weights (and their
+    batch-norm statistics) for thousands of steps, and validate at chance level.
+    """
+
+    def update(averages: Tensors, current: Tensors, updates: torch.Tensor | int) -> None:
+        n = float(updates)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        if averages[0].is_floating_point():
+            torch._foreach_lerp_(list(averages), list(current), weight)
+        else:  # batch-norm's step counters: integers, kept as the network's own
+            for average, value in zip(averages, current):
+                average.copy_(value)
+
+    return update
 
 
 def make_scheduler(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, cell_image, error_lines, face_image, run_cli
+from conftest import cell_image, error_lines, face_image, git_status, run_cli, throwaway_clone
 from torch.utils.data import DataLoader, TensorDataset
 
 import model_main
@@ -601,16 +601,18 @@ def test_identity_check_line(tmp_path: Path) -> None:
 def test_ema_weights_are_the_hand_computed_average() -> None:
     torch.manual_seed(0)
     network = torch.nn.Sequential(torch.nn.Linear(3, 2))
-    decay = 0.9
+    decay = 0.6
     trainer = Trainer(network, torch.nn.CrossEntropyLoss(), lr=0.1, ema_decay=decay, show_progress=False)
     expected = {k: v.clone() for k, v in network.state_dict().items()}
-    for step in range(5):
+    for step in range(30):
         images, labels = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
         trainer.train_step(images, labels)
         current = network.state_dict()
+        # The first step copies the weights; update n moves the average towards them with
+        # the ramped decay min(decay, (1 + n) / (10 + n)), which reaches `decay` (0.6) at n = 12.5.
+        ramped = min(decay, (1 + step) / (10 + step))
         for key in expected:
-            # The first step copies the weights; every later one moves the average 1 - decay towards them.
-            expected[key] = current[key].clone() if step == 0 else decay * expected[key] + (1 - decay) * current[key]
+            expected[key] = current[key].clone() if step == 0 else ramped * expected[key] + (1 - ramped) * current[key]
     for key, value in trainer.evaluated.state_dict().items():
         torch.testing.assert_close(value, expected[key], msg=key)
     assert not torch.equal(trainer.evaluated.state_dict()["0.weight"], network.state_dict()["0.weight"])
@@ -666,31 +668,16 @@ def test_no_validation_makes_the_last_epoch_best(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the checkout stays clean
 
 
-def throwaway_clone(tmp_path: Path) -> Path:
-    """The repository's tracked files as they are now, committed into a fresh git repository."""
-    clone = tmp_path / "clone"
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    for name in filter(None, tracked.decode().split("\0")):
-        source = REPO / name
-        if source.is_file():
-            (clone / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, clone / name)
-    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
-        subprocess.run(["git", *command], cwd=clone, check=True, capture_output=True)
-    return clone
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_training_leaves_the_checkout_clean(tmp_path: Path, malaria_root: Path) -> None:
-    clone = throwaway_clone(tmp_path)
+    clone = throwaway_clone(tmp_path / "clone")
     result = run_cli(
         *["--dataset", "malaria", "--data-dir", malaria_root, "--network", "last", "--epochs", "1", *QUICK],
         script=str(clone / "model_main.py"),
         cwd=clone,
     )
     assert result.returncode == 0, result.stderr
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True)
-    assert status.stdout == ""
+    assert git_status(clone) == ""
     assert (clone / "models" / "model_malaria_last.best.pt").is_file()
     assert (clone / "models" / "model_malaria_last.test_files.json").is_file()
