@@ -244,7 +244,7 @@ def confirm_restart(args: argparse.Namespace, read: Callable[[str], str] = input
         return  # a run of ours that can be resumed: resume it
     answer = ask(
         f"{path} holds weights without training state (bundled or downloaded), so it cannot be resumed. "
-        "Train a new model and replace it? (Y/N)",
+        "Train a new model and replace it?",
         "--restart (or another --models-dir)",
         ["Y", "N"],
         read=read,

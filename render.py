@@ -116,25 +116,81 @@ def gender100_figure(
     return fig
 
 
-def blend_figure(blended: np.ndarray, title: str, difference: np.ndarray | None = None, face=None) -> Figure:
-    """OverlayMaleFemale: the blend of two maps, and (when maps are known) male minus female."""
-    panels = 1 if difference is None else 2
-    fig = Figure(figsize=(4.6 * panels, 4.8), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, panels))
-    axes[0].imshow(blended)
-    axes[0].set_title(title, fontsize=10)
-    axes[0].set_axis_off()
-    if difference is not None:
-        height, width = difference.shape
-        if face is not None:
-            axes[1].imshow(face, extent=(0, width, height, 0))
-        limit = float(np.abs(difference).max()) or 1.0
-        artist = axes[1].imshow(
-            difference, cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.6, extent=(0, width, height, 0)
+def blend_figure(face: np.ndarray, blended: np.ndarray, difference: np.ndarray, title: str) -> Figure:
+    """OverlayMaleFemale: the blended map over the mean face, and male minus female over the same face."""
+    fig = Figure(figsize=(9.6, 4.8), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    artist = overlay(left, face, blended, "both maps blended over the mean face")
+    fig.colorbar(artist, ax=left, fraction=0.046, pad=0.02, label="mean relative evidence")
+    height, width = face.shape[:2]
+    right.imshow(face, extent=(0, width, height, 0), interpolation="bilinear")
+    limit = float(np.abs(difference).max()) or 1.0
+    artist = right.imshow(
+        difference,
+        cmap="RdBu_r",
+        vmin=-limit,
+        vmax=limit,
+        alpha=0.6,
+        extent=(0, width, height, 0),
+        interpolation="bilinear",
+    )
+    right.set_title("male minus female (red: more male)", fontsize=10)
+    right.set_xticks([])
+    right.set_yticks([])
+    fig.colorbar(artist, ax=right, fraction=0.046, pad=0.02)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def regions_figure(
+    faces: dict[str, np.ndarray], shares: dict[str, dict[str, dict[str, float]]], size: int, preprocess: str
+) -> Figure:
+    """The face regions outlined on the mean face, and each gender's map density per region as bars."""
+    import faces as face_regions  # the region boxes; a tiny module, only this figure needs it here
+
+    masks = face_regions.region_masks(size, preprocess)
+    fig = Figure(figsize=(11.5, 4.8), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[1, 1.4])
+    mean_face = np.mean(list(faces.values()), axis=0)
+    height, width = mean_face.shape[:2]
+    left.imshow(mean_face, extent=(0, width, height, 0), interpolation="bilinear")
+    colours = ["tab:red", "tab:orange", "gold", "tab:green", "tab:cyan", "tab:blue", "tab:purple", "white"]
+    for (name, mask), colour in zip(masks.items(), colours):
+        if name == face_regions.BACKGROUND:
+            continue
+        grid = mask.numpy().astype(float)
+        extent = (0, width, height, 0)
+        left.contour(grid, levels=[0.5], colors=[colour], linewidths=1.2, extent=extent, origin="upper")
+        # Labelled at the middle of the region's first box (a U-shaped region's centroid lies outside it).
+        top, bottom, start, end = face_regions.REGIONS[name][0]
+        row = (top + bottom) / 2
+        row = face_regions.to_squashed(row) if preprocess == "squash" else row
+        left.text(
+            (start + end) / 2 * width / face_regions.GRID,
+            row * height / face_regions.GRID,
+            name,
+            color=colour,
+            fontsize=7,
+            ha="center",
+            va="center",
+            fontweight="bold",
         )
-        axes[1].set_title("male minus female (red: more male)", fontsize=10)
-        axes[1].set_axis_off()
-        fig.colorbar(artist, ax=axes[1], fraction=0.046, pad=0.02)
+    left.set_title("face regions on the mean face", fontsize=10)
+    left.set_xticks([])
+    left.set_yticks([])
+    names = list(masks)
+    positions = np.arange(len(names))
+    genders = list(shares)
+    bar = 0.8 / len(genders)
+    for index, (gender, colour) in enumerate(zip(genders, ["tab:red", "tab:blue"])):
+        densities = [shares[gender][name]["density"] for name in names]
+        right.barh(positions + (index - (len(genders) - 1) / 2) * bar, densities, bar, label=gender, color=colour)
+    right.axvline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    right.set_yticks(positions, names)
+    right.invert_yaxis()
+    right.set_xlabel("density of the averaged map (share / area; 1 = an average pixel)")
+    right.legend(title="map of the test faces of", fontsize=8)
+    right.set_title("where each gender's averaged map lies", fontsize=10)
     return fig
 
 

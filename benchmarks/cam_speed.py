@@ -1,7 +1,8 @@
 """What explaining costs on top of classifying: every map against the forward pass it rides on.
 
     python benchmarks/cam_speed.py                          # random weights, 32 images at 128 px
-    python benchmarks/cam_speed.py --model models/model_malaria_last.pt --model models/model_malaria_every_multi_loss.pt
+    python benchmarks/cam_speed.py --model models/bundled/model_malaria_last.pt \
+        --model models/bundled/model_malaria_every_multi_loss.pt
     python benchmarks/cam_speed.py --batch 64 --repeats 9 --device cuda
 
 One run times, after warm-up, with the median of --repeats (candidate and baseline
@@ -11,7 +12,7 @@ alternate within each repeat, so both see the same machine load):
 - cams.explain_every_block against the same NetworkMultiLoss's bare forward pass: target <= 1.05
 - each Grad-CAM method against the floor of the same batch's forward + backward: target <= 1.1
 - Score-CAM's images/s (it runs one forward pass per channel and image: no target)
-- where_to_look.gender100_maps on 200 generated faces (100 per class, JPEG) against the
+- views.gender100_maps on 200 generated faces (100 per class, JPEG) against the
   floor of decoding them (model_data.load_image) and forwarding them: target <= 1.3
 
 Thread count: torch's default (torch.set_num_threads is left as is).
@@ -40,12 +41,8 @@ import gradcams  # noqa: E402
 from model_data import GenderSet, load_image  # noqa: E402
 from model_network import BLOCK_CHANNELS, Network, NetworkMultiLoss  # noqa: E402
 from runtime import pick_device  # noqa: E402
+from views import gender100_maps  # noqa: E402
 from weights import LoadedModel, load_model  # noqa: E402
-
-try:  # the CLI's Gender100 view; absent in an older checkout
-    from where_to_look import gender100_maps
-except ImportError:  # pragma: no cover
-    gender100_maps = None  # type: ignore[assignment]
 
 CAM_TARGET = 1.05
 GRADCAM_TARGET = 1.1
@@ -200,9 +197,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
 
-    if gender100_maps is None:
-        print("gender100: where_to_look.gender100_maps not found, skipped")
-        return 0
     with tempfile.TemporaryDirectory(prefix="cam-speed-") as folder:
         root = make_faces(Path(folder), args.gender_count)
         model = models["last"]
@@ -212,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         def floor() -> object:
             # Decoding and one forward pass of the very same files, in the CLI's batch size.
             for start in range(0, len(paths), 32):
-                batch = torch.stack([load_image(p, model.image_size) for p in paths[start : start + 32]]).to(device)
+                chunk = paths[start : start + 32]
+                batch = torch.stack([load_image(p, model.image_size, model.preprocess) for p in chunk]).to(device)
                 with torch.no_grad():
                     last(batch)
             return None

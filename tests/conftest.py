@@ -8,6 +8,7 @@ pytest tmp_path.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -184,6 +185,31 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def throwaway_clone(dest: Path, leave_out: Sequence[str] = ()) -> Path:
+    """The repository's tracked files as they are now, committed into a fresh git repository at `dest`.
+
+    What a user gets from `git clone` (and what CI runs on), without touching this checkout;
+    paths starting with an entry of `leave_out` are not copied (a clone whose bundled weights are gone).
+    """
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        source = REPO / name
+        if source.is_file() and not any(name.startswith(prefix) for prefix in leave_out):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    identity = ["-c", "user.name=test", "-c", "user.email=test@example.org"]
+    for command in (["init", "-q"], ["add", "-A"], [*identity, "commit", "-qm", "clone"]):
+        subprocess.run(["git", *command], cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+def git_status(clone: Path) -> str:
+    """`git status --porcelain` of a clone: empty when nothing tracked changed and nothing new is unignored."""
+    return subprocess.run(
+        ["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True
+    ).stdout
 
 
 @pytest.fixture

@@ -12,11 +12,13 @@ import pytest
 import torch
 
 import cams
+import views
 from model_data import list_images, load_image, patient_id, split_of_group
 from weights import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
+BUNDLED = REPO / "models" / "bundled"
 MODELS = {
     "model_malaria_last": "last",
     "model_malaria_every_single_loss": "every",
@@ -46,7 +48,7 @@ def test_demo_cells_are_real_test_patient_cells() -> None:
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_bundled_checkpoints_load_and_are_small(name: str) -> None:
-    path = REPO / "models" / f"{name}.pt"
+    path = BUNDLED / f"{name}.pt"
     assert path.stat().st_size <= 5 * 1024 * 1024
     model = load_model(path)
     assert model.kind == MODELS[name]
@@ -54,12 +56,35 @@ def test_bundled_checkpoints_load_and_are_small(name: str) -> None:
     assert model.image_size == 128
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert {"net_state_dict", "best_val_acc", "epoch"} <= raw.keys()
-    metrics = json.loads((REPO / "models" / f"{name}.metrics.json").read_text())
+    metrics = json.loads((BUNDLED / f"{name}.metrics.json").read_text())
     assert metrics["accuracy"] > 0.9
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_visualizer_finds_the_bundled_manifests(name: str) -> None:
+    manifest = views.model_manifest(load_model(BUNDLED / f"{name}.pt"))
+    assert manifest == BUNDLED / f"{name}.test_files.json"
+    listed = json.loads(manifest.read_text())
+    assert set(listed) == {"InfectedFilenames", "UninfectedFilenames"}
+    demo_names = {p.name for p, _ in demo_cells()}
+    assert demo_names <= set(listed["InfectedFilenames"]) | set(listed["UninfectedFilenames"])
+
+
+def test_a_checkpoint_without_a_manifest_beside_it_falls_back_to_data(tmp_path: Path, monkeypatch) -> None:
+    # The original project's layout: the manifest under its seed name in data/.
+    checkpoint = tmp_path / "model_malaria_every_multi_loss.pt"
+    checkpoint.write_bytes((BUNDLED / checkpoint.name).read_bytes())
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "malaria_testing_filenames_every_every.json").write_text('{"InfectedFilenames": []}')
+    monkeypatch.setattr(views, "MANIFEST_DIR", data)
+    assert views.model_manifest(load_model(checkpoint)) == data / "malaria_testing_filenames_every_every.json"
+    (data / "malaria_testing_filenames_every_every.json").unlink()
+    assert views.model_manifest(load_model(checkpoint)) is None
+
+
 def test_demo_predictions_are_stable() -> None:
-    model = load_model(REPO / "models" / "model_malaria_last.pt")
+    model = load_model(BUNDLED / "model_malaria_last.pt")
     cells = demo_cells()
     images = torch.stack([load_image(p) for p, _ in cells])
     result = cams.explain_last_block(model.network, images)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import shutil
 import socket
@@ -25,10 +26,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import build_malaria, git_status, throwaway_clone
 from PIL import Image
 
+import views
 from model_data import GenderSet, list_images, load_image
 from model_network import Network, NetworkMultiLoss
+from weights import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -56,15 +60,16 @@ def wtl(
     env: dict[str, str] | None = None,
     drop_env: Sequence[str] = (),
     timeout: float = CLI_TIMEOUT,
+    repo: Path = REPO,
 ) -> subprocess.CompletedProcess[str]:
-    """Run where_to_look.py as a subprocess (headless matplotlib, stdin given or empty)."""
+    """Run where_to_look.py (of this checkout, or of a clone) as a subprocess (headless matplotlib, stdin given)."""
     environment = dict(os.environ, **LIGHT_ENV)
     environment.pop("WTL_WEIGHTS_URL", None)
     for name in drop_env:
         environment.pop(name, None)
     environment.update(env or {})
     return subprocess.run(
-        [sys.executable, str(REPO / "where_to_look.py"), *map(str, args)],
+        [sys.executable, str(repo / "where_to_look.py"), *map(str, args)],
         cwd=cwd,  # a temporary folder: nothing relative can land in the repository
         env=environment,
         input=input,
@@ -277,11 +282,6 @@ def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def no_published_folder() -> None:
-    if (REPO / "Where-to-look_models").exists():
-        pytest.skip("the repository holds a Where-to-look_models/ folder, which the CLI also searches")
 
 
 # --------------------------------------------------------------------------- single
@@ -501,25 +501,45 @@ def test_gender100_is_the_mean_of_single_heatmaps(gender_runs, gender_root):
         np.testing.assert_allclose(npz["difference"], data["heatmap_male"] - data["heatmap_female"], atol=1e-6)
 
 
-def test_overlay_of_two_saved_pictures(gender_runs):
-    work = gender_runs["work"]
-    by_size: dict[tuple[int, int], list[Path]] = {}
-    for png in pngs(gender_runs["singles"]):
-        by_size.setdefault(check_png(png), []).append(png)
-    first, second = next(group for group in by_size.values() if len(group) >= 2)[:2]
-    out = work / "overlay_same"
-    ok(wtl("overlay", "--image", first, second, "--out", out, "--save-npz", cwd=work))
-    check_png(out / "overlay.png")
-    a, b = (np.asarray(Image.open(p).convert("RGB"), dtype=np.float64) / 255 for p in (first, second))
-    with np.load(out / "overlay.npz") as npz:
-        np.testing.assert_allclose(npz["blended"], (a + b) / 2, atol=1e-6)
+def test_gender100_writes_each_gender_and_overlay_reads_them(gender_runs):
+    g100, data, work = gender_runs["g100"], gender_runs["data"], gender_runs["work"]
+    for gender in ("male", "female"):
+        check_png(g100 / f"gender100_{gender}.png")
+        with np.load(g100 / f"gender100_{gender}.npz") as npz:
+            np.testing.assert_allclose(npz["heatmap"], data[f"heatmap_{gender}"])
+            assert str(npz["gender"]) == gender.capitalize() and npz["face"].shape == (SIZE, SIZE, 3)
+    expected = (data["heatmap_male"] + data["heatmap_female"]) / 2
+    # The two npz files, the PNGs beside them, or gender100.npz alone: the same blend.
+    forms = {
+        "npz": [g100 / "gender100_male.npz", g100 / "gender100_female.npz"],
+        "png": [g100 / "gender100_male.png", g100 / "gender100_female.png"],
+        "both": [g100 / "gender100.npz"],
+    }
+    for form, images in forms.items():
+        out = work / f"overlay_{form}"
+        ok(wtl("overlay", "--image", *images, "--out", out, "--save-npz", cwd=work))
+        check_png(out / "gender_overlay.png")
+        with np.load(out / "gender_overlay.npz") as npz:
+            np.testing.assert_allclose(npz["blended"], expected, atol=1e-6)
+            np.testing.assert_allclose(npz["difference"], data["heatmap_male"] - data["heatmap_female"], atol=1e-6)
 
-    other = gender_runs["g100"] / "gender100.png"
-    assert check_png(other) != check_png(first)
-    out = work / "overlay_different"
-    line = one_line_error(wtl("overlay", "--image", first, other, "--out", out, cwd=work))
-    assert "differ in size" in line
-    assert not (out / "overlay.png").exists()
+
+def test_overlay_refuses_what_gender100_did_not_write(gender_runs):
+    work, singles = gender_runs["work"], gender_runs["singles"]
+    first, second = pngs(singles)[:2]
+    out = work / "overlay_refused"
+    line = one_line_error(wtl("overlay", "--image", first, second, "--out", out, cwd=work))
+    assert "gender100_male.npz and gender100_female.npz" in line
+    assert pngs(out) == []
+    line = one_line_error(wtl("overlay", "--image", gender_runs["g100"] / "gender100_male.npz", cwd=work))
+    assert "Female map is missing" in line
+
+
+def test_gender100_says_when_fewer_faces_than_asked(trained, gender_root, tmp_path):
+    result = ok(
+        wtl("gender100", "--model", trained["gender_last"], "--data-dir", gender_root, "--count", "50", cwd=tmp_path)
+    )
+    assert "note: only 4 Female test faces" in result.stdout and "note: only 4 Male test faces" in result.stdout
 
 
 # --------------------------------------------------------------------------- prompts
@@ -561,19 +581,24 @@ def test_prompt_end_of_input_names_the_flag(named_models, tmp_path):
     assert pngs(out) == []
 
 
-def test_prompt_without_models_declined(tmp_path):
-    no_published_folder()
+@pytest.fixture(scope="module")
+def bare_clone(tmp_path_factory) -> Path:
+    """A clone of the repository whose bundled weights are gone: the tool finds no model at all."""
+    return throwaway_clone(tmp_path_factory.mktemp("bare") / "clone", leave_out=("models/bundled/",))
+
+
+def test_prompt_without_models_declined(bare_clone, tmp_path):
     models = tmp_path / "empty_models"
     models.mkdir()
-    result = wtl("--models-dir", models, "--out", tmp_path / "out", cwd=tmp_path, input="N\n")
+    result = wtl("--models-dir", models, "--out", tmp_path / "out", cwd=tmp_path, input="N\n", repo=bare_clone)
     line = one_line_error(result)
-    assert "Download the pretrained models" in result.stdout
+    assert "Download the pretrained models from the Google Drive folder of the original project?" in result.stdout
+    assert "(Y/N)" not in result.stdout and "[Y/N]" in result.stdout
     assert "--model" in line
     assert list(models.iterdir()) == []
 
 
-def test_prompt_without_models_downloads_and_goes_on(weights_server, cells, tmp_path):
-    no_published_folder()
+def test_prompt_without_models_downloads_and_goes_on(weights_server, cells, bare_clone, tmp_path):
     models = tmp_path / "empty_models"
     models.mkdir()
     image = cells["Uninfected"][4]
@@ -588,9 +613,12 @@ def test_prompt_without_models_downloads_and_goes_on(weights_server, cells, tmp_
             cwd=tmp_path,
             env={"WTL_WEIGHTS_URL": weights_server["url"]},
             input=f"Y\nB\nA\n{image}\nA\n",
+            repo=bare_clone,
         )
     )
-    assert "Download the pretrained models" in result.stdout
+    # The question names the source it will use: the host of WTL_WEIGHTS_URL, not Google Drive.
+    assert "Download the pretrained models from 127.0.0.1 (WTL_WEIGHTS_URL)?" in result.stdout
+    assert "Google Drive" not in result.stdout
     installed = models / "model_malaria_last.pt"
     assert [p.name for p in models.iterdir()] == [installed.name]
     assert installed.read_bytes() == weights_server["file"].read_bytes()
@@ -749,3 +777,146 @@ def test_unusual_image_modes_work(trained, tmp_path):
         check_png(out / f"{name}_single.png")
         source = next(folder.glob(f"{name}.*"))
         check_single_npz(out / f"{name}_single.npz", trained["malaria_last"], source)
+
+
+# --------------------------------------------------------------------------- each command's own help
+
+
+def test_single_help_shows_only_its_own_flags(tmp_path):
+    help_text = ok(wtl("single", "--help", cwd=tmp_path)).stdout
+    for flag in ("--image", "--model", "--class", "--method", "--save-npz"):
+        assert flag in help_text
+    for foreign in ("--count", "--methods", "--split", "--max-images", "--weights-url", "--data-dir"):
+        assert foreign not in help_text, foreign
+    assert "example:" in help_text
+    assert "--count" in ok(wtl("gender100", "--help", cwd=tmp_path)).stdout
+    top = ok(wtl("--help", cwd=tmp_path)).stdout
+    assert all(command in top for command in ("single", "multi", "gender100", "overlay", "evaluate", "features"))
+
+
+# --------------------------------------------------------------------------- demo and which model is used
+
+
+@pytest.fixture(scope="module")
+def clone_with_a_trained_model(trained, tmp_path_factory) -> Path:
+    """A clone in which the user has trained a last-block malaria model into models/."""
+    clone = throwaway_clone(tmp_path_factory.mktemp("trained_clone") / "clone")
+    shutil.copy(trained["malaria_last"], clone / "models" / "model_malaria_last.best.pt")
+    return clone
+
+
+def test_demo_uses_the_bundled_models_even_beside_a_trained_one(clone_with_a_trained_model, tmp_path):
+    clone = clone_with_a_trained_model
+    result = ok(wtl("demo", "--out", tmp_path / "demo", cwd=clone, repo=clone))
+    assert "model: models/bundled/model_malaria_last.pt (bundled)" in result.stdout
+    assert "18 of 20 demo cells classified correctly by model_malaria_last.pt" in result.stdout
+    # single without --model prefers what the user trained, and says which file it used.
+    cell = sorted((clone / "data" / "demo" / "Parasitized").iterdir())[0]
+    result = ok(wtl("single", "--image", cell, "--out", tmp_path / "single", cwd=clone, repo=clone))
+    assert "model: models/model_malaria_last.best.pt" in result.stdout and "(bundled)" not in result.stdout
+    assert git_status(clone) == ""
+
+
+def test_demo_with_a_model_of_either_kind(trained, tmp_path):
+    out = tmp_path / "last"
+    result = ok(wtl("demo", "--model", trained["malaria_last"], "--out", out, cwd=tmp_path))
+    assert "every-block pictures need a NetworkMultiLoss" in result.stdout
+    assert len([p for p in pngs(out) if p.name.endswith("_single.png")]) == 20
+    out = tmp_path / "every"
+    ok(wtl("demo", "--model", trained["malaria_every"], "--out", out, cwd=tmp_path))
+    multi = [p.name for p in pngs(out) if "_multi_" in p.name]
+    assert len(multi) == 3 and not any(name.endswith("_2.png") for name in multi)
+
+
+def test_demo_with_a_data_dir_uses_the_models_test_cells(trained, malaria_root, tmp_path):
+    out = tmp_path / "out"
+    result = ok(wtl("demo", "--model", trained["malaria_last"], "--data-dir", malaria_root, "--out", out, cwd=tmp_path))
+    listed = json.loads(trained["malaria_last"].with_name("model_malaria_last.test_files.json").read_text())
+    test_cells = set(listed["InfectedFilenames"]) | set(listed["UninfectedFilenames"])
+    singles = [p.name.removesuffix("_single.png") for p in pngs(out) if p.name.endswith("_single.png")]
+    assert singles and all(f"{name.split('_single')[0]}.png" in test_cells for name in singles)
+    assert "demo cells classified correctly" in result.stdout
+
+
+# --------------------------------------------------------------------------- evaluate and compare on samples
+
+
+def test_evaluate_max_images_draws_a_class_balanced_sample(tmp_path):
+    out = tmp_path / "out"
+    demo = REPO / "data" / "demo"
+    bundled = REPO / "models" / "bundled" / "model_malaria_last.pt"
+    result = ok(
+        wtl(
+            *["evaluate", "--model", bundled, "--data-dir", demo, "--split", "all", "--max-images", "10"],
+            *["--methods", "cam", "--out", out],
+            cwd=tmp_path,
+        )
+    )
+    report = json.loads((out / "evaluate_model_malaria_last_all.json").read_text())
+    assert report["classification"]["images"] == 10
+    assert [row["support"] for row in report["classification"]["per_class"].values()] == [5, 5]
+    assert "class-balanced sample of 10" in result.stdout
+
+
+def test_evaluate_an_empty_split_names_split_all(tmp_path):
+    cells = build_malaria(tmp_path / "few", patients=[1, 2, 3])  # all train patients: no test split
+    bundled = REPO / "models" / "bundled" / "model_malaria_last.pt"
+    line = one_line_error(wtl("evaluate", "--model", bundled, "--data-dir", cells, "--methods", "cam", cwd=tmp_path))
+    assert "no images of the test split" in line and "--split all" in line
+    out = tmp_path / "out"
+    ok(
+        wtl(
+            "evaluate",
+            "--model",
+            bundled,
+            "--data-dir",
+            cells,
+            "--split",
+            "all",
+            "--methods",
+            "cam",
+            "--out",
+            out,
+            cwd=tmp_path,
+        )
+    )
+    report = json.loads((out / "evaluate_model_malaria_last_all.json").read_text())
+    assert report["classification"]["images"] == len(list_images(cells / "Parasitized")) * 2
+
+
+def test_compare_names_runs_by_their_folders(trained, malaria_root, tmp_path):
+    for run in ("run1", "run2"):
+        (tmp_path / run).mkdir()
+        shutil.copy(trained["malaria_last"], tmp_path / run / "model_malaria_last.pt")
+    result = ok(
+        wtl(
+            *["compare", "--model", tmp_path / "run1" / "model_malaria_last.pt"],
+            *["--model", tmp_path / "run2" / "model_malaria_last.pt", "--data-dir", malaria_root],
+            *["--out", tmp_path / "out"],
+            cwd=tmp_path,
+        )
+    )
+    assert "run1 vs run2: mean Spearman rho 1.000" in result.stdout
+
+
+# --------------------------------------------------------------------------- the fused panel is the saved map
+
+
+def test_heatmap_fused_in_the_npz_is_what_the_panel_draws(trained, cells, tmp_path, monkeypatch):
+    drawn = []
+    original = views.render.blocks_figure
+
+    def spy(image, mean_heats, cam_heats, titles, heading, fused=None, **kwargs):
+        drawn.append(fused)
+        return original(image, mean_heats, cam_heats, titles, heading, fused, **kwargs)
+
+    monkeypatch.setattr(views.render, "blocks_figure", spy)
+    model = load_model(trained["malaria_every"])
+    images = [cells["Parasitized"][1], cells["Uninfected"][2]]
+    outputs = views.Outputs(tmp_path, save_npz=True)
+    written = views.render_multi(model, images, outputs, None, torch.device("cpu"))
+    assert len(written) == len(drawn) == 2
+    for png, fused in zip(written, drawn):
+        with np.load(png.with_suffix(".npz")) as npz:
+            np.testing.assert_array_equal(npz["heatmap_fused"], fused)
+            assert npz["heatmap_fused"].shape == (SIZE, SIZE)
