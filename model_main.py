@@ -35,7 +35,7 @@ from model_data import (
     training_splits,
     write_test_manifest,
 )
-from model_network import build_network
+from model_network import BLOCK_DROPOUT, DROPOUT, build_network
 from model_trainer import SCHEDULES, CheckpointTrainer, classification_report, format_report, pick_amp_dtype
 from prompts import NoAnswer, ask
 from runtime import DEVICE_CHOICES, pick_device, seed_everything
@@ -75,6 +75,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--network", choices=["last", "every"], help="CAM of the last block only, or of every block")
     model.add_argument(
         "--loss", choices=["last", "every"], help="for --network every: loss on the last block or summed over all"
+    )
+    model.add_argument(
+        "--dropout", type=float, default=DROPOUT, help=f"dropout before the classifier (default {DROPOUT})"
+    )
+    model.add_argument(
+        "--block-dropout",
+        type=float,
+        default=BLOCK_DROPOUT,
+        help=f"--network last: channel dropout after blocks 1-3 (default {BLOCK_DROPOUT})",
     )
     model.add_argument("--models-dir", type=Path, default=PROJECT / "models", help="where checkpoints go (models/)")
     model.add_argument(
@@ -134,6 +143,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--ema must be between 0 and 1 (e.g. 0.999)")
     if not 0 <= args.label_smoothing < 1:
         p.error("--label-smoothing must be in [0, 1)")
+    if not (0 <= args.dropout < 1 and 0 <= args.block_dropout < 1):
+        p.error("--dropout and --block-dropout must be in [0, 1)")
     return args
 
 
@@ -318,7 +329,7 @@ def train(args: argparse.Namespace, dist: DistInfo | None = None) -> dict | None
         loader_val = DataLoader(eval_shard(val_cache, dist), batch_size=256)
     log_shard(sampler, dist, len(train_cache))
 
-    network = build_network(args.network, len(class_names))
+    network = build_network(args.network, len(class_names), args.dropout, args.block_dropout)
     metadata = {
         "class_names": class_names,
         "image_size": args.image_size,

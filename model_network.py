@@ -37,32 +37,37 @@ class Down(nn.Module):
         return self.seq(x)
 
 
-def _classifier(num_classes: int) -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(BLOCK_CHANNELS[-1], num_classes))
+# The original project's dropout: 0.5 before the classifier, 0.2 (whole channels) after blocks 1-3.
+# Dropout has no weights, so other rates (model_main's --dropout, --block-dropout) load the same checkpoints.
+DROPOUT, BLOCK_DROPOUT = 0.5, 0.2
+
+
+def _classifier(num_classes: int, dropout: float = DROPOUT) -> nn.Sequential:
+    return nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(BLOCK_CHANNELS[-1], num_classes))
 
 
 class Network(nn.Module):
     """Four conv blocks, global average pooling and one linear classifier (CAM-ready)."""
 
-    def __init__(self, num_classes: int = 2) -> None:
+    def __init__(self, num_classes: int = 2, dropout: float = DROPOUT, block_dropout: float = BLOCK_DROPOUT) -> None:
         super().__init__()
         c1, c2, c3, c4 = BLOCK_CHANNELS
         # Block 4 is spelled out instead of being a Down so that the published keys
         # features.6 (conv) and features.8 (batch norm) keep matching.
         self.features = nn.Sequential(
             Down(3, c1),
-            nn.Dropout2d(0.2),
+            nn.Dropout2d(block_dropout),
             Down(c1, c2),
-            nn.Dropout2d(0.2),
+            nn.Dropout2d(block_dropout),
             Down(c2, c3),
-            nn.Dropout2d(0.2),
+            nn.Dropout2d(block_dropout),
             _conv(c3, c4),
             nn.MaxPool2d(2),
             nn.BatchNorm2d(c4),
             nn.ReLU(),
         )
         self.gap = nn.AdaptiveAvgPool2d(1)
-        self.classifier = _classifier(num_classes)
+        self.classifier = _classifier(num_classes, dropout)
 
     def forward(self, x: torch.Tensor, return_cam: bool = False) -> Any:
         """Logits, or (logits, last block's features) when return_cam is set."""
@@ -85,7 +90,7 @@ class Network(nn.Module):
 class NetworkMultiLoss(nn.Module):
     """The same four blocks, each with its own head: GAP -> transform_i -> shared classifier."""
 
-    def __init__(self, num_classes: int = 2) -> None:
+    def __init__(self, num_classes: int = 2, dropout: float = DROPOUT) -> None:
         super().__init__()
         c1, c2, c3, c4 = BLOCK_CHANNELS
         self.conv1, self.pool1, self.bn1, self.relu1 = _conv(3, c1), nn.MaxPool2d(2), nn.BatchNorm2d(c1), nn.ReLU()
@@ -93,7 +98,7 @@ class NetworkMultiLoss(nn.Module):
         self.conv3, self.pool3, self.bn3, self.relu3 = _conv(c2, c3), nn.MaxPool2d(2), nn.BatchNorm2d(c3), nn.ReLU()
         self.conv4, self.pool4, self.bn4, self.relu4 = _conv(c3, c4), nn.MaxPool2d(2), nn.BatchNorm2d(c4), nn.ReLU()
         self.gap = nn.AdaptiveAvgPool2d(1)
-        self.classifier = _classifier(num_classes)
+        self.classifier = _classifier(num_classes, dropout)
         # Blocks 1-3 have fewer channels than the classifier expects: a linear map
         # (no non-linearity) lifts their pooled features to 256, which keeps every
         # block's head linear in its feature maps, so an exact CAM exists per block.
@@ -126,12 +131,14 @@ class NetworkMultiLoss(nn.Module):
         return self.classifier(self.gap(blocks[-1]))
 
 
-def build_network(kind: str, num_classes: int = 2) -> nn.Module:
-    """Network for kind 'last', NetworkMultiLoss for kind 'every'."""
+def build_network(
+    kind: str, num_classes: int = 2, dropout: float = DROPOUT, block_dropout: float = BLOCK_DROPOUT
+) -> nn.Module:
+    """Network for kind 'last', NetworkMultiLoss for kind 'every' (which has no block dropout)."""
     if kind == "last":
-        return Network(num_classes)
+        return Network(num_classes, dropout, block_dropout)
     if kind == "every":
-        return NetworkMultiLoss(num_classes)
+        return NetworkMultiLoss(num_classes, dropout)
     raise ValueError(f"unknown network kind {kind!r} (expected 'last' or 'every')")
 
 

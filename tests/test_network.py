@@ -284,3 +284,15 @@ def test_load_model_reads_kind_and_classes_from_keys(tmp_path: Path, keys, kind:
     assert not loaded.network.training
     for key, value in loaded.network.state_dict().items():
         assert torch.equal(value, state[key]), key
+
+
+def test_dropout_rates_do_not_change_the_weights_layout() -> None:
+    """--dropout / --block-dropout only change regularisation: the same checkpoints load, eval is unchanged."""
+    for kind in ("last", "every"):
+        default = build_network(kind)
+        other = build_network(kind, dropout=0.1, block_dropout=0.0)
+        other.load_state_dict(default.state_dict(), strict=True)
+        images = torch.rand(2, 3, 32, 32)
+        torch.testing.assert_close(default.eval()(images), other.eval()(images))
+    rates = [m.p for m in build_network("last", dropout=0.3, block_dropout=0.1).modules() if hasattr(m, "p")]
+    assert sorted(rates) == [0.1, 0.1, 0.1, 0.3]
