@@ -771,3 +771,121 @@ def run_demo(args: argparse.Namespace) -> list[Path]:
         for view in ("multi-last", "multi-every"):
             render_multi(choose_model(args, view, device, bundled_only=True), few, outputs, None, device)
     return outputs.written
+
+
+# --------------------------------------------------------------------------- features: what the network looks for
+
+
+def _feature_images(args: argparse.Namespace, model: LoadedModel) -> list[Path]:
+    """The real pictures of the features view: --image, --data-dir (every image, or a sample), or the demo cells."""
+    if args.image:
+        return resolve_images(args.image)
+    if args.data_dir:
+        from scoring import evaluation_set
+
+        dataset = evaluation_set(model, args.data_dir, "all", args.seed)
+        samples = dataset.samples
+        if args.max_images is not None and args.max_images < len(samples):
+            from model_data import balanced_sample
+
+            samples = balanced_sample(samples, args.max_images, args.seed)
+        return [path for path, _ in samples]
+    if model.class_names == ["Uninfected", "Parasitized"]:
+        return [path for path, _ in demo_cells()]
+    raise UsageError("pass pictures with --image or --data-dir (only cells ship with the tool)")
+
+
+def _default_class(model: LoadedModel) -> int:
+    """Parasitized for a cell model (what a user wants to see found), else the first class."""
+    return model.class_names.index("Parasitized") if "Parasitized" in model.class_names else 0
+
+
+def run_features(args: argparse.Namespace) -> list[Path]:
+    """`features`: which channels carry a class's evidence in a block, and what drives each of them.
+
+    Views (one PNG each): block 1's filters; the chosen channels' maps on the first picture;
+    per channel its activation maximiser beside the real patches that drive it most; and the
+    class's own maximiser through every head.
+    """
+    import charts
+    import features
+
+    device = pick_device(args.device)
+    model = choose_model(args, args.dataset or "malaria", device)
+    network = model.network
+    class_index = class_index_of(args.class_, model.class_names)
+    class_index = _default_class(model) if class_index is None else class_index
+    name = model.class_names[class_index]
+    try:
+        features.check_block(args.block)
+    except ValueError as error:
+        raise UsageError(f"--block {args.block}: {error}") from None
+    available = features.channel_count(network, args.block)
+    if args.channels > available:
+        raise UsageError(f"--channels {args.channels}: block {args.block} has 1..{available} channels")
+    pictures = _feature_images(args, model)
+    print(f"class {name}; {len(pictures)} pictures for the real examples; block {args.block}, {args.channels} channels")
+    outputs = Outputs(args.out, args.save_npz)
+    stem = f"features_{checkpoint_name(model.path)}"
+
+    def picture_batches() -> Iterator[torch.Tensor]:
+        for chunk in batches(pictures, 64):
+            yield load_batch(chunk, model, device)
+
+    head = features.block_head(network, args.block) is not None
+    rank = None if head else torch.cat(list(picture_batches()))
+    channels, weights = features.class_channels(network, args.block, class_index, args.channels, rank)
+    source = "head weight" if head else f"mean Grad-CAM weight over the {len(pictures)} pictures"
+    maximizers, activations = features.maximize_channels(
+        network, args.block, channels, args.steps, args.seed, model.image_size
+    )
+    examples = features.top_patches(network, args.block, channels, picture_batches(), args.examples)
+    print(f"\n{'channel':>8}{source:>44}{'maximiser':>11}{'best real':>11}  (mean activation after the ReLU)")
+    for i, channel in enumerate(channels.tolist()):
+        best = float(examples.best_mean[i])
+        won = "" if float(activations[i]) > best else "  <- not converged: raise --steps"
+        print(f"{channel:>8}{float(weights[i]):>+44.6f}{float(activations[i]):>11.3f}{best:>11.3f}{won}")
+
+    kernels = features.filters(network)
+    outputs.save(charts.filters_figure(kernels, f"block 1 filters ({model.path.name})"), f"{stem}_filters")
+    first = load_batch(pictures[:1], model, device)[0]
+    maps = features.feature_maps(network, args.block, channels, first)
+    title = f"block {args.block}: the {len(channels)} channels for {name} on {pictures[0].name}"
+    fig = charts.feature_maps_figure(first.cpu().numpy(), maps.numpy(), channels.tolist(), weights.tolist(), title)
+    outputs.save(fig, f"{stem}_maps_block{args.block}_{pictures[0].stem}")
+    blocks = features.head_blocks(network)
+    class_images, class_logits = features.maximize_class(
+        network, class_index, blocks, args.steps, args.seed, model.image_size
+    )
+    outputs.save(
+        charts.class_maximizer_figure(class_images.numpy(), class_logits.tolist(), list(blocks), name),
+        f"{stem}_class_{name}",
+    )
+    sheet = charts.channel_sheet(
+        maximizers.numpy(),
+        activations.tolist(),
+        examples.patches.numpy(),
+        examples.activations.numpy(),
+        channels.tolist(),
+        weights.tolist(),
+        examples.best_mean.tolist(),
+        f"{model.path.name}, block {args.block}: the {len(channels)} channels with the largest {source} for {name}",
+    )
+    numbers = {
+        "channels": channels.numpy(),
+        "weights": weights.numpy(),
+        "maximizers": maximizers.numpy(),
+        "activations": activations.numpy(),
+        "examples": examples.patches.numpy(),
+        "example_activations": examples.activations.numpy(),
+        "best_real_activations": examples.best_mean.numpy(),
+        "filters": kernels.numpy(),
+        "class_maximizer": class_images.numpy(),
+        "class_maximizer_logits": class_logits.numpy(),
+        "class_maximizer_blocks": np.array(blocks),
+        "class_index": class_index,
+        "class_names": np.array(model.class_names),
+        "block": args.block,
+    }
+    outputs.save(sheet, f"{stem}_block{args.block}_{name}", numbers)
+    return outputs.written

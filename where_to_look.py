@@ -214,6 +214,24 @@ def build_parser() -> argparse.ArgumentParser:
     _output_flags(p)
 
     p = command(
+        "features",
+        "what the network looks for: the channels that carry a class's evidence, their activation maximisers "
+        "and the real patches that drive them",
+        "python where_to_look.py features --block 3 --channels 8 --class Parasitized",
+    )
+    p.add_argument("--block", type=int, default=4, help="which conv block, 1..4 (default 4)")
+    p.add_argument("--channels", type=_positive, default=8, help="how many channels (default 8)")
+    p.add_argument("--class", dest="class_", help="whose evidence (name or index; default Parasitized, else class 0)")
+    p.add_argument("--image", type=Path, nargs="+", help="pictures for the real examples (default: the demo cells)")
+    p.add_argument("--data-dir", type=Path, help="or every picture of this data set (see --max-images)")
+    p.add_argument("--max-images", type=_positive, help="with --data-dir: a seeded, class-balanced sample")
+    p.add_argument("--examples", type=_positive, default=6, help="real patches per channel (default 6)")
+    p.add_argument("--steps", type=_positive, default=96, help="optimisation steps of the maximisers (default 96)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the maximisers' random start (default 0)")
+    _model_flags(p, dataset=True)
+    _output_flags(p)
+
+    p = command(
         "download",
         "fetch the original project's published checkpoints (or --weights-url) into --models-dir",
         "python where_to_look.py download",

@@ -718,6 +718,15 @@ def bad_runs(trained, cells, tmp_path_factory) -> dict[str, tuple[subprocess.Com
         ),
         "unknown class": (["single", "--model", model, "--image", image, "--class", "Healthy"], "Uninfected"),
         "multi on a last-block model": (["multi", "--model", model, "--image", image], "NetworkMultiLoss"),
+        "features block 5": (["features", "--model", model, "--image", image, "--block", "5"], "block 5"),
+        "features too many channels": (
+            ["features", "--model", model, "--image", image, "--block", "2", "--channels", "65"],
+            "block 2 has 1..64",
+        ),
+        "features unknown class": (
+            ["features", "--model", model, "--image", image, "--class", "Healthy"],
+            "Uninfected",
+        ),
     }
 
     def run(case: str):
@@ -745,6 +754,9 @@ BAD_CASES = [
     "gender100 wrong layout",
     "unknown class",
     "multi on a last-block model",
+    "features block 5",
+    "features too many channels",
+    "features unknown class",
     "unwritable out",
 ]
 
@@ -920,3 +932,41 @@ def test_heatmap_fused_in_the_npz_is_what_the_panel_draws(trained, cells, tmp_pa
         with np.load(png.with_suffix(".npz")) as npz:
             np.testing.assert_array_equal(npz["heatmap_fused"], fused)
             assert npz["heatmap_fused"].shape == (SIZE, SIZE)
+
+
+# --------------------------------------------------------------------------- features
+
+
+def test_features_of_both_networks_save_every_view_and_number(trained, cells, tmp_path):
+    images = [cells["Parasitized"][0], cells["Uninfected"][1], cells["Parasitized"][2]]
+    for key, block, stem in (
+        ("malaria_last", 3, "model_malaria_last"),
+        ("malaria_every", 2, "model_malaria_every_multi_loss"),
+    ):
+        out = tmp_path / key
+        result = ok(
+            wtl(
+                *["features", "--model", trained[key], "--image", *images, "--block", str(block), "--channels", "4"],
+                *["--steps", "3", "--examples", "2", "--out", out, "--save-npz"],
+                cwd=tmp_path,
+            )
+        )
+        assert "class Parasitized" in result.stdout
+        names = sorted(p.name for p in pngs(out))
+        assert len(names) == 4 and f"features_{stem}_block{block}_Parasitized.png" in names
+        for png in pngs(out):
+            check_png(png)
+        with np.load(out / f"features_{stem}_block{block}_Parasitized.npz") as npz:
+            assert npz["channels"].shape == npz["weights"].shape == npz["activations"].shape == (4,)
+            assert npz["maximizers"].shape == (4, 3, SIZE, SIZE)
+            assert npz["maximizers"].min() >= 0.0 and npz["maximizers"].max() <= 1.0
+            assert npz["examples"].shape[:2] == npz["example_activations"].shape == (4, 2)
+            assert npz["filters"].shape == (32, 3, 5, 5)
+            assert npz["class_maximizer"].shape[1:] == (3, SIZE, SIZE)
+            # A head ranks by its weights: the top 4 of W for Parasitized (block 3 of a Network has none).
+            if key == "malaria_every":
+                network, _ = load_reference(trained[key])
+                weight = network.classifier[2].weight @ network.transform2.weight
+                top = weight[1].topk(4)
+                np.testing.assert_array_equal(npz["channels"], top.indices.numpy())
+                np.testing.assert_allclose(npz["weights"], top.values.detach().numpy(), rtol=1e-5, atol=1e-7)
