@@ -88,7 +88,12 @@ def test_torchrun_trains_one_checkpoint_that_where_to_look_uses(ddp_run, malaria
     assert stdout.count("accuracy: ") == 1
     models = root / "models"
     assert sorted(p.name for p in models.iterdir()) == sorted(
-        [CHECKPOINT, "model_malaria_last.best.pt", "model_malaria_last.metrics.json"]
+        [
+            CHECKPOINT,
+            "model_malaria_last.best.pt",
+            "model_malaria_last.metrics.json",
+            "model_malaria_last.test_files.json",
+        ]
     )
     checkpoint = torch.load(models / CHECKPOINT, weights_only=True)
     assert checkpoint["epoch"] == 1
