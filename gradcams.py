@@ -293,15 +293,14 @@ def block_layers(model: nn.Module) -> list[nn.Module]:
     raise TypeError(f"{type(model).__name__} is not one of Where to look's networks; name its layers instead")
 
 
-def fuse_maps(maps: list[Tensor], size: int | tuple[int, ...]) -> Tensor:
-    """Fuse per-block maps (each (B, h_i, w_i)) into one (B, H, W) in [0, 1] by element-wise max.
+def fuse_maps(
+    maps: list[Tensor],
+    size: int | tuple[int, ...],
+    rule: str | None = None,
+    block_probabilities: Tensor | None = None,
+) -> Tensor:
+    """Fuse per-block maps (each (B, h_i, w_i)) into one (B, H, W) in [0, 1]: cams.fuse at `size`.
 
-    Each map is upsampled to `size` and normalised first, so every block counts at
-    the same scale. The max (as LayerCAM fuses its layers) keeps a small region that
-    one fine block finds on its own at full strength, where a mean would dilute it
-    with the coarse blocks' blur; a region no block finds stays low either way.
+    The rule defaults to cams.DEFAULT_FUSION; cams.FUSION_RULES lists the others and their formulas.
     """
-    if not maps:
-        raise ValueError("fuse_maps needs at least one map")
-    stacked = torch.stack([cams.heatmap(m, size) for m in maps])
-    return stacked.max(dim=0).values
+    return cams.fuse(maps, size, rule or cams.DEFAULT_FUSION, block_probabilities)

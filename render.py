@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib import patheffects
 from matplotlib.figure import Figure
 
 CMAP = "jet"
@@ -68,15 +69,16 @@ def blocks_figure(
     block_titles: Sequence[str],
     suptitle: str,
     fused: np.ndarray | None = None,
+    fused_title: str = "fused",
 ) -> Figure:
-    """Every-block view: top row the mean activation per block, bottom row each block's exact CAM."""
+    """Every-block view: top row the mean activation per block, bottom row each block's map, first their fusion."""
     fig = Figure(figsize=(13.5, 6.2), layout="constrained")
     axes = fig.subplots(2, 1 + len(cam_heats))
     overlay(axes[0][0], image, None, "original")
     if fused is None:
         axes[1][0].set_axis_off()
     else:
-        overlay(axes[1][0], image, fused, "fused: max over blocks")
+        overlay(axes[1][0], image, fused, fused_title)
     for i, (mean_heat, cam_heat, title) in enumerate(zip(mean_heats, cam_heats, block_titles), start=1):
         overlay(axes[0][i], image, mean_heat, f"block {i}: mean activation")
         artist = overlay(axes[1][i], image, cam_heat, title)
@@ -174,6 +176,7 @@ def regions_figure(
             ha="center",
             va="center",
             fontweight="bold",
+            path_effects=[patheffects.withStroke(linewidth=2, foreground="black")],  # readable on skin and hair
         )
     left.set_title("face regions on the mean face", fontsize=10)
     left.set_xticks([])

@@ -300,11 +300,18 @@ class BlockMaps:
     heatmaps: list[torch.Tensor]  # 4 x (B, H, W) normalised
     means: list[torch.Tensor]  # 4 x (B, h_i, w_i) channel means (the original project's view)
     mean_heatmaps: list[torch.Tensor]
-    fused: torch.Tensor  # (B, H, W) the blocks' maps fused into one
+    fused: torch.Tensor  # (B, H, W) in [0, 1]: the blocks' maps fused by `rule` at the input's size
+    fused_cam: torch.Tensor  # (B, h, w): the same fusion at the finest resolution of the blocks it uses
+    rule: str  # the fusion rule (cams.FUSION_RULES)
 
 
 def explain_blocks(
-    model: LoadedModel, images: torch.Tensor, method: str, class_index: int | None, batch_size: int = BATCH
+    model: LoadedModel,
+    images: torch.Tensor,
+    method: str,
+    class_index: int | None,
+    batch_size: int = BATCH,
+    fuse: str = cams.DEFAULT_FUSION,
 ) -> BlockMaps:
     """The every-block view: exact per-block CAMs for a NetworkMultiLoss, or `method` on each block of either net."""
     import gradcams
@@ -317,9 +324,19 @@ def explain_blocks(
                 "--network every); for this Network pass --method gradcam (or another) to explain every block"
             )
         r = cams.explain_every_block(network, images, class_index)
-        fused = gradcams.fuse_maps(r.cams, size)
+        weights = r.block_probabilities
         return BlockMaps(
-            r.logits, r.class_index, r.block_logits, r.block_bias, r.cams, r.heatmaps, r.means, r.mean_heatmaps, fused
+            r.logits,
+            r.class_index,
+            r.block_logits,
+            r.block_bias,
+            r.cams,
+            r.heatmaps,
+            r.means,
+            r.mean_heatmaps,
+            fused=cams.fuse(r.cams, size, fuse, weights),
+            fused_cam=cams.fuse(r.cams, None, fuse, weights),
+            rule=fuse,
         )
     with torch.no_grad():
         blocks = network.block_outputs(images)
@@ -332,6 +349,8 @@ def explain_blocks(
         for layer in gradcams.block_layers(network)
     ]
     means = [b.mean(dim=1) for b in blocks]
+    # A Network has one head: every block gets its probability, so 'confidence' weighs them alike.
+    weights = cams.block_probabilities(block_logits or [logits] * len(maps), classes)
     return BlockMaps(
         logits=logits,
         class_index=classes,
@@ -341,7 +360,9 @@ def explain_blocks(
         heatmaps=[cams.heatmap(m, size) for m in maps],
         means=means,
         mean_heatmaps=[cams.heatmap(m, size) for m in means],
-        fused=gradcams.fuse_maps(maps, size),
+        fused=cams.fuse(maps, size, fuse, weights),
+        fused_cam=cams.fuse(maps, None, fuse, weights),
+        rule=fuse,
     )
 
 
@@ -353,14 +374,15 @@ def render_multi(
     device: torch.device,
     method: str = "cam",
     batch_size: int = BATCH,
+    fuse: str = cams.DEFAULT_FUSION,
 ) -> list[Path]:
-    """PredictMulti: per block the mean activation and the map through that block, plus their fusion."""
+    """PredictMulti: per block the mean activation and the map through that block, plus their fusion (rule `fuse`)."""
     names = model.class_names
     loss_text = {"every": "every-block loss", "last": "last-block loss"}.get(str(model.checkpoint.get("loss")), "")
     label = "CAM" if method == "cam" else method
     written = []
     for chunk in batches(images):
-        result = explain_blocks(model, load_batch(chunk, model, device), method, class_index, batch_size)
+        result = explain_blocks(model, load_batch(chunk, model, device), method, class_index, batch_size, fuse)
         for i, path in enumerate(chunk):
             shown = int(result.class_index[i])
             titles = []
@@ -381,7 +403,9 @@ def render_multi(
             mean_heats = [as_numpy(h[i]) for h in result.mean_heatmaps]
             fused = as_numpy(result.fused[i])
             picture = original_image(path, model.preprocess)
-            fig = render.blocks_figure(picture, mean_heats, heats, titles, heading, fused)
+            fig = render.blocks_figure(
+                picture, mean_heats, heats, titles, heading, fused, fused_title=f"fused ({fuse})"
+            )
             numbers: dict[str, object] = {
                 "logits": as_numpy(result.logits[i]),
                 "probabilities": as_numpy(final),
@@ -393,7 +417,9 @@ def render_multi(
                 # The last block's map under the single view's names, so that both views' files read alike.
                 "cam": as_numpy(result.maps[-1][i]),
                 "heatmap": heats[-1],
+                "cam_fused": as_numpy(result.fused_cam[i]),
                 "heatmap_fused": fused,
+                "fusion_rule": fuse,
             }
             for b in range(4):
                 numbers[f"cam_block{b + 1}"] = as_numpy(result.maps[b][i])
@@ -635,7 +661,7 @@ def run_multi(args: argparse.Namespace) -> list[Path]:
     class_index = class_index_of(args.class_, model.class_names)
     pictures = _pictures(args, model)
     outputs = Outputs(args.out, args.save_npz)
-    render_multi(model, [p for p, _ in pictures], outputs, class_index, device, args.method, args.batch_size)
+    render_multi(model, [p for p, _ in pictures], outputs, class_index, device, args.method, args.batch_size, args.fuse)
     return outputs.written
 
 

@@ -43,6 +43,9 @@ COMMANDS = {
 }
 METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# cams.FUSION_RULES' names, spelled out so that parsing the flags needs no torch (a test keeps them equal).
+FUSIONS = ("product", "product234", "confidence", "mean", "mean234", "max")
+DEFAULT_FUSION = "product"
 # Errors that mean bad input, not a bug: one line and exit 2. Matched by class name so that
 # catching them needs no import of the (heavy) modules that define them.
 USER_ERRORS = {"NoAnswer", "ImageError", "DatasetError", "CheckpointError", "DownloadError", "UsageError"}
@@ -81,6 +84,16 @@ def _map_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
     if method:
         p.add_argument("--method", choices=METHODS, default="cam", help="heatmap method (default cam: exact for GAP)")
     p.add_argument("--batch-size", type=_positive, default=32, help="images per batch (and Score-CAM's masked batch)")
+
+
+def _fuse_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fuse",
+        choices=FUSIONS,
+        default=DEFAULT_FUSION,
+        help="how the blocks' maps become the fused map (default product: their geometric mean, measured best "
+        "in the README; max was the old panel)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=["last", "every"], help="without --model: the model's training loss")
     _model_flags(p)
     _map_flags(p)
+    _fuse_flag(p)
     _output_flags(p)
 
     p = command(
@@ -194,6 +208,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-images", type=_positive, help="score a seeded, class-balanced sample of this many images")
     p.add_argument("--seed", type=int, default=0, help="seed of that sample (default 0)")
+    _fuse_flag(p)
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="also write a report folder (index.html, galleries of misclassified cells, map misses and suspect "
+        "labels) that opens offline in a browser",
+    )
+    p.add_argument(
+        "--sanity",
+        type=int,
+        default=16,
+        metavar="N",
+        help="the weight-randomisation sanity check on N explained images (default 16; 0 skips it)",
+    )
+    p.add_argument(
+        "--faithful-images",
+        type=_positive,
+        metavar="N",
+        help="deletion/insertion on a seeded sample of N explained images instead of all (they cost most)",
+    )
     _model_flags(p)
     p.add_argument("--batch-size", type=_positive, default=32, help="images per batch")
     _output_flags(p, npz=False)

@@ -332,3 +332,145 @@ def test_property_normalize_never_nan_and_in_unit_interval(batch, height, width,
             assert float(result[b].max()) <= 1e-12
     if kind == "constant":
         assert torch.equal(result, torch.zeros_like(result))
+
+
+# --------------------------------------------------------------------------- fusing block maps
+
+
+def bump(side: int, row: float, col: float, width: float) -> torch.Tensor:
+    """A Gaussian bump on a side x side grid, centred at (row, col) given as fractions of the image."""
+    centres = (torch.arange(side, dtype=torch.float32) + 0.5) / side
+    rows, cols = torch.meshgrid(centres, centres, indexing="ij")
+    return torch.exp(-((rows - row) ** 2 + (cols - col) ** 2) / (2 * width**2))
+
+
+@PROPERTY
+@given(
+    cell=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    scales=st.lists(st.floats(0.1, 100.0), min_size=4, max_size=4),
+    probabilities=st.lists(st.floats(0.0, 1.0), min_size=4, max_size=4),
+    seed=seeds,
+)
+def test_property_every_rule_points_where_all_blocks_point(cell, scales, probabilities, seed):
+    # Four blocks at 32, 16, 8, 4 px (a 64 px input), each with its own scale, offset and noise, all peaking at
+    # one spot; block 1 also answers the cell's border, as the real block 1 does, but less than at the spot.
+    # The spot is the centre of one of the coarsest block's inner 16 px cells, so that block can point at it.
+    row, col = (cell[0] + 0.5) / 4, (cell[1] + 0.5) / 4
+    generator = torch.Generator().manual_seed(seed)
+    maps = []
+    for side, scale in zip((32, 16, 8, 4), scales):
+        spot = bump(side, row, col, 0.08)
+        if side == 32:
+            ring = torch.zeros(side, side)
+            ring[[0, -1], :] = ring[:, [0, -1]] = 0.5
+            spot = torch.maximum(spot, ring)
+        noise = 0.01 * torch.rand((side, side), generator=generator)
+        maps.append((scale * (spot + noise) - 3.0)[None])
+    chances = torch.tensor([probabilities], dtype=torch.float32)
+    for rule in cams.FUSION_RULES:
+        fused = cams.fuse(maps, 64, rule, chances)
+        assert fused.shape == (1, 64, 64) and float(fused.min()) == 0.0 and float(fused.max()) == 1.0
+        peak = int(fused.flatten().argmax())
+        found = torch.tensor([peak // 64 + 0.5, peak % 64 + 0.5])
+        # The spot falls between two cells of the finer blocks: their upsampled maps are flat over up to 8 px
+        # around it, so the peak may lie anywhere on that plateau (at most 4 px per axis off), nowhere else.
+        assert float((found - 64 * torch.tensor([row, col])).norm()) <= 6.0, rule
+
+
+def test_fusion_rules_follow_their_formulas():
+    torch.manual_seed(3)
+    maps = [torch.rand(2, 16, 16), torch.rand(2, 8, 8) * 5, torch.rand(2, 4, 4) - 7, torch.rand(2, 2, 2)]
+    n = torch.stack([cams.heatmap(m, 16) for m in maps]).double()
+    probabilities = torch.tensor([[0.2, 0.9, 0.6, 0.3], [0.5, 0.5, 0.5, 0.5]])
+    expected = {
+        "max": n.max(0).values,
+        "mean": n.mean(0),
+        "mean234": n[1:].mean(0),
+        "product": n.prod(0) ** (1 / 4),
+        "product234": n[1:].prod(0) ** (1 / 3),
+        "confidence": (n ** (probabilities.double().T / probabilities.double().sum(1))[:, :, None, None]).prod(0),
+    }
+    assert set(expected) == set(cams.FUSION_RULES)
+    for rule, formula in expected.items():
+        torch.testing.assert_close(cams.fuse(maps, 16, rule, probabilities), cams.normalize(formula).float())
+    # Equal confidences weigh every block the same: the geometric mean of all four.
+    torch.testing.assert_close(
+        cams.fuse(maps, 16, "confidence", probabilities)[1], cams.fuse(maps, 16, "product")[1], rtol=1e-5, atol=1e-5
+    )
+    # A block whose head gives the class no probability at all is left out.
+    silent = torch.tensor([[0.0, 0.7, 0.7, 0.7]]).expand(2, 4)
+    torch.testing.assert_close(cams.fuse(maps, 16, "confidence", silent), cams.fuse(maps, 16, "product234"))
+
+
+def test_fuse_defaults_to_the_finest_resolution_of_the_blocks_it_uses_and_checks_its_arguments():
+    maps = [torch.rand(3, 32, 32), torch.rand(3, 16, 16), torch.rand(3, 8, 8), torch.rand(3, 4, 4)]
+    assert cams.fuse(maps, rule="product").shape == (3, 32, 32)
+    assert cams.fuse(maps, rule="product234").shape == (3, 16, 16)
+    assert cams.fuse(maps[:1], rule="product234").shape == (3, 32, 32)  # one map: that block alone
+    torch.testing.assert_close(cams.fuse(maps[:1], 32, "mean234"), cams.heatmap(maps[0], 32))
+    assert cams.DEFAULT_FUSION in cams.FUSION_RULES
+    with pytest.raises(ValueError, match="unknown fusion rule"):
+        cams.fuse(maps, 32, "median")
+    with pytest.raises(ValueError, match="at least one map"):
+        cams.fuse([], 32)
+    with pytest.raises(ValueError, match="probability"):
+        cams.fuse(maps, 32, "confidence")
+    with pytest.raises(ValueError, match=r"\(B, 4\)"):
+        cams.fuse(maps, 32, "confidence", torch.rand(3, 3))
+    flat = [torch.zeros(1, 4, 4), torch.full((1, 2, 2), 7.0)]
+    for rule in cams.FUSION_RULES:  # constant maps: zeros, never NaN
+        assert torch.equal(cams.fuse(flat, 8, rule, torch.ones(1, 2)), torch.zeros(1, 8, 8))
+
+
+def purple_every_block() -> NetworkMultiLoss:
+    """A hand-built NetworkMultiLoss whose every block finds Giemsa purple and whose every head counts it.
+
+    Block 1's channel 0 is (R + B) / 2 - 2 G, positive on purple only; blocks 2-4 pass channel 0
+    on (max-pooled); each head reads channel 0 alone, so every block's CAM is hot on the parasite.
+    """
+    network = NetworkMultiLoss()
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.zero_()
+        for bn in (network.bn1, network.bn2, network.bn3, network.bn4):
+            bn.weight.fill_(1.0)
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0)
+        network.conv1.weight[0, :, 1:4, 1:4] = torch.tensor([0.5, -2.0, 0.5])[:, None, None] / 9
+        network.conv1.bias[0] = -0.02
+        for conv in (network.conv2, network.conv3, network.conv4):
+            conv.weight[0, 0, 2, 2] = 1.0
+        for transform in (network.transform1, network.transform2, network.transform3):
+            transform.weight[0, 0] = 1.0
+        head = network.classifier[-1]
+        head.weight[1, 0], head.weight[0, 0] = 300.0, -300.0
+    return network.eval()
+
+
+def test_the_fused_map_of_a_model_whose_blocks_all_find_the_parasite_points_at_it():
+    import numpy as np
+    from conftest import cell_image
+
+    import evaluation
+
+    rng = np.random.default_rng(5)
+    images = torch.stack(
+        [torch.from_numpy(np.array(cell_image(rng, True, 64))).permute(2, 0, 1).float() / 255 for _ in range(6)]
+    )
+    explanation = cams.explain_every_block(purple_every_block(), images, 1)
+    assert (explanation.logits.argmax(1) == 1).all()
+    masks = [evaluation.stain_mask(image) for image in images]
+    assert all(mask.any() for mask in masks)
+    for rule in cams.FUSION_RULES:
+        fused = explanation.fused_heatmap(rule)
+        torch.testing.assert_close(fused, cams.fuse(explanation.cams, (64, 64), rule, explanation.block_probabilities))
+        for heat, mask in zip(fused, masks):
+            # Within the pointing game's 8 px for every rule (block 4's 16 px cells blur a max); inside the stain
+            # itself for the default rule.
+            assert evaluation.pointing_hit(heat, mask, 8.0), rule
+            assert evaluation.pointing_hit(heat, mask, 0.0) or rule != cams.DEFAULT_FUSION
+        assert explanation.fused_cam(rule).shape[-1] == (16 if rule.endswith("234") else 32)
+    torch.testing.assert_close(
+        explanation.block_probabilities,
+        torch.stack([logits.softmax(1)[:, 1] for logits in explanation.block_logits], 1),
+    )

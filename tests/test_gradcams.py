@@ -286,15 +286,16 @@ def test_every_block_of_both_networks_has_a_map_of_its_resolution() -> None:
         assert fused.shape == (2, 32, 32) and fused.min() >= 0 and fused.max() <= 1
 
 
-def test_fuse_maps_keeps_what_any_block_finds() -> None:
+def test_fuse_maps_is_cams_fuse_and_its_max_keeps_what_any_block_finds() -> None:
     coarse = torch.zeros((1, 2, 2))
     coarse[0, 0, 0] = 1.0
     fine = torch.zeros((1, 8, 8))
-    fine[0, 6, 6] = 5.0  # only the fine block sees this spot; it keeps full strength after fusion
-    fused = gradcams.fuse_maps([coarse, fine], 8)
+    fine[0, 6, 6] = 5.0  # only the fine block sees this spot; the max keeps it at full strength
+    fused = gradcams.fuse_maps([coarse, fine], 8, "max")
     assert fused.shape == (1, 8, 8)
     assert fused[0, 6, 6] == pytest.approx(1.0)
-    torch.testing.assert_close(fused, torch.maximum(cams.heatmap(coarse, 8), cams.heatmap(fine, 8)))
+    torch.testing.assert_close(fused, cams.normalize(torch.maximum(cams.heatmap(coarse, 8), cams.heatmap(fine, 8))))
+    torch.testing.assert_close(gradcams.fuse_maps([coarse, fine], 8), cams.fuse([coarse, fine], 8, cams.DEFAULT_FUSION))
     with pytest.raises(ValueError):
         gradcams.fuse_maps([], 8)
 
