@@ -45,17 +45,30 @@ def _grouped_bars(ax: Any, rows: Sequence[tuple[str, Mapping[str, Any]]], bars: 
     ax.set_xticks(positions, [label for label, _ in rows], fontsize=8)
     ax.set_ylim(0, 1.08)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper right")
+    else:  # e.g. the pointing game of a face model: there is no stain to point at
+        ax.text(0.5, 0.5, "not measured for this model", transform=ax.transAxes, ha="center", color="grey")
 
 
 def metrics_chart(result: Mapping[str, Any], title: str = "") -> Figure:
-    """Bars of an evaluation: pointing game at 15 and 8 px (top), deletion and insertion AUC (bottom)."""
-    rows = _rows(result)
+    """Bars of an evaluation: pointing game at 15, 8, 4 and 0 px (top), deletion and insertion AUC (bottom).
+
+    The fused view is labelled with its rule (result['fusion_rule']) where the evaluation names one.
+    """
+    rule = result.get("fusion_rule")
+    rows = [(f"{label} ({rule})" if rule and label.endswith("\nfused") else label, m) for label, m in _rows(result)]
     if not rows:
         raise ValueError("the evaluation holds no heatmap method to chart")
-    fig = Figure(figsize=(max(6.0, 1.1 * len(rows) + 2.0), 7.0), layout="constrained")
+    # Results saved before the 4 px tolerance existed have no pointing_4px: its bar is then left out.
+    pointing = (
+        *POINTING_BARS,
+        ("pointing_4px", "pointing game 4 px", "#bee3f8"),
+        ("pointing_0px", "peak inside the stain", "#e2e8f0"),
+    )
+    fig = Figure(figsize=(max(6.0, 1.4 * len(rows) + 2.0), 7.0), layout="constrained")
     top, bottom = fig.subplots(2, 1)
-    _grouped_bars(top, rows, POINTING_BARS)
+    _grouped_bars(top, rows, pointing)
     counted = max((metrics.get("pointing_counted", 0) for _, metrics in rows), default=0)
     top.set_ylabel("hit rate")
     top.set_title(f"does the map's peak fall on the stain? ({counted} stained cells)", fontsize=10)

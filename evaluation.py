@@ -9,9 +9,11 @@ CLI can print them with `format_table`, save them, or chart them (charts.py).
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -27,7 +29,7 @@ from model_trainer import classification_report
 # The pointing game's tolerances: 15 px follows Zhang et al. (at 128 px a cell's parasite
 # is ~10-20 px across); 8 px asks for the spot itself.
 # 15 px is the usual tolerance, 8 px a stricter one, 0 px "the peak lies inside the stain".
-POINTING_TOLERANCES = (15.0, 8.0, 0.0)
+POINTING_TOLERANCES = (15.0, 8.0, 4.0, 0.0)
 PARASITIZED = "Parasitized"
 
 
@@ -99,8 +101,11 @@ def stain_mask(
 # --------------------------------------------------------------------------- pointing game
 
 
-def pointing_hit(heatmap: Tensor, mask: Tensor, tolerance_px: float) -> bool | None:
-    """Whether the heatmap's maximum lies within tolerance_px (Euclidean) of a mask pixel; None for an empty mask."""
+def peak_distance(heatmap: Tensor, mask: Tensor) -> float | None:
+    """Euclidean distance in px from the heatmap's maximum (the first, if tied) to the nearest mask pixel.
+
+    0 when the peak lies inside the mask; None for an empty mask (nothing to point at).
+    """
     if heatmap.shape != mask.shape or heatmap.ndim != 2:
         raise ValueError(f"heatmap {tuple(heatmap.shape)} and mask {tuple(mask.shape)} must be the same (H, W)")
     points = torch.nonzero(mask).float()
@@ -109,7 +114,22 @@ def pointing_hit(heatmap: Tensor, mask: Tensor, tolerance_px: float) -> bool | N
     width = heatmap.shape[1]
     peak = int(heatmap.flatten().argmax())
     where = torch.tensor([peak // width, peak % width], dtype=torch.float32, device=points.device)
-    return bool(((points - where).pow(2).sum(dim=1).min()) <= tolerance_px**2)
+    return float((points - where).pow(2).sum(dim=1).min().sqrt())
+
+
+def peak_distances(heatmaps: Tensor, masks: Tensor) -> Tensor:
+    """peak_distance of each of (B, H, W) heatmaps to its (B, H, W) mask: (B,) float, NaN where a mask is empty."""
+    if heatmaps.shape != masks.shape or heatmaps.ndim != 3:
+        raise ValueError(f"heatmaps {tuple(heatmaps.shape)} and masks {tuple(masks.shape)} must be the same (B, H, W)")
+    distances = [peak_distance(h, m) for h, m in zip(heatmaps, masks)]
+    return torch.tensor([math.nan if d is None else d for d in distances], dtype=torch.float64)
+
+
+def pointing_hit(heatmap: Tensor, mask: Tensor, tolerance_px: float) -> bool | None:
+    """Whether the heatmap's maximum lies within tolerance_px (Euclidean) of a mask pixel; None for an empty mask."""
+    distance = peak_distance(heatmap, mask)
+    # Squared distances are whole numbers of px^2: compare those, so that 5.0 px counts as within 5 px exactly.
+    return None if distance is None else round(distance**2) <= tolerance_px**2
 
 
 # --------------------------------------------------------------------------- faithfulness
@@ -213,20 +233,36 @@ def _count(dataset: Images, limit: int | None) -> int | None:
     return len(dataset) if limit is None else min(len(dataset), limit)
 
 
-def _batches(dataset: Images, batch_size: int, limit: int | None) -> Iterable[tuple[Tensor, Tensor]]:
-    """(uint8 or float images, labels) batches from an iterable of (image, label), at most `limit` images."""
+def _batches(dataset: Images, batch_size: int, limit: int | None) -> Iterable[tuple[Tensor, Tensor, list[str | None]]]:
+    """(uint8 or float images, labels, files) batches from an iterable of (image, label), at most `limit` images.
+
+    A file is the image's path where the data set keeps one (`dataset.samples[i][0]`, as
+    model_data's sets do), else None.
+    """
     images: list[Tensor] = []
     labels: list[int] = []
+    files: list[str | None] = []
+    samples = getattr(dataset, "samples", None)
     # A torch Dataset need not be iterable: read a map-style one by index.
     items = (dataset[i] for i in range(len(dataset))) if isinstance(dataset, IndexedImages) else iter(dataset)
-    for image, label in itertools.islice(items, limit):
+    for index, (image, label) in enumerate(itertools.islice(items, limit)):
         images.append(image)
         labels.append(int(label))
+        files.append(_file_of(samples, index))
         if len(images) == batch_size:
-            yield torch.stack(images), torch.tensor(labels)
-            images, labels = [], []
+            yield torch.stack(images), torch.tensor(labels), files
+            images, labels, files = [], [], []
     if images:
-        yield torch.stack(images), torch.tensor(labels)
+        yield torch.stack(images), torch.tensor(labels), files
+
+
+def _file_of(samples: Any, index: int) -> str | None:
+    """samples[index][0] as a string, when the data set has such a list of (path, label)."""
+    try:
+        entry = samples[index]
+    except (TypeError, IndexError, KeyError):
+        return None
+    return str(entry[0]) if isinstance(entry, (tuple, list)) and entry else None
 
 
 def _as_input(images: Tensor, size: int, device: torch.device | str) -> Tensor:
@@ -248,19 +284,50 @@ def _cam_maps(network: nn.Module, images: Tensor, classes: Tensor) -> list[Tenso
     raise TypeError("the 'cam' method needs one of Where to look's GAP networks; use a Grad-CAM method")
 
 
-def _views(model: ModelLike, method: str, images: Tensor, classes: Tensor) -> dict[str, Tensor]:
-    """One method's (B, H, W) heatmaps in [0, 1]: view 'last', or 'block1'..'block4' and 'fused' (every-block)."""
+@torch.no_grad()
+def block_probabilities(network: nn.Module, images: Tensor, classes: Tensor, blocks: int = 4) -> Tensor:
+    """(B, blocks): each block head's probability of the class, for the 'confidence' fusion rule.
+
+    A NetworkMultiLoss has a head per block; any other network only its final one, whose
+    probability then stands for every block (so 'confidence' weighs the blocks equally).
+    """
+    if isinstance(network, NetworkMultiLoss):
+        return cams.explain_every_block(network, images, classes).block_probabilities
+    final = network(images).softmax(dim=1).gather(1, classes[:, None])
+    return final.expand(-1, blocks).clone()
+
+
+def view_heatmaps(
+    model: ModelLike,
+    method: str,
+    images: Tensor,
+    classes: Tensor,
+    fuse: str = cams.DEFAULT_FUSION,
+    every_block: bool = False,
+    probabilities: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """One method's (B, H, W) heatmaps in [0, 1], by view.
+
+    A NetworkMultiLoss gives 'block1'..'block4' and 'fused' (cams.fuse with rule `fuse`);
+    a Network gives 'last', or with every_block=True and a Grad-CAM method (CAM has no
+    per-block heads there) 'block1'..'block4' and 'fused'. `probabilities` (B, 4) are the
+    block heads' probabilities of the class for the 'confidence' rule (computed when needed
+    and not given).
+    """
     network, size = model.network, (images.shape[-2], images.shape[-1])
+    multi = isinstance(network, NetworkMultiLoss)
     if method == "cam":
         maps = _cam_maps(network, images, classes)
     else:
-        every = isinstance(network, NetworkMultiLoss)
-        layers = gradcams.block_layers(network) if every else [gradcams.default_target_layer(network)]
+        blocks = multi or every_block
+        layers = gradcams.block_layers(network) if blocks else [gradcams.default_target_layer(network)]
         maps = [gradcams.make_method(method, network, layer)(images, classes).maps for layer in layers]
     if len(maps) == 1:
         return {"last": cams.heatmap(maps[0], size)}
     views = {f"block{i}": cams.heatmap(m, size) for i, m in enumerate(maps, start=1)}
-    views["fused"] = gradcams.fuse_maps(maps, size)
+    if probabilities is None and cams.FUSION_RULES[fuse].needs_probabilities:
+        probabilities = block_probabilities(network, images, classes, len(maps))
+    views["fused"] = cams.fuse(maps, size, fuse, probabilities)
     return views
 
 
@@ -281,8 +348,111 @@ class _Tally:
         }
         out["pointing_counted"] = self.counted
         out["images"] = self.images
+        out["faithful_images"] = self.faithful
         out.update({k: (v / self.faithful if self.faithful else None) for k, v in self.sums.items()})
         return out
+
+
+# --------------------------------------------------------------------------- per-image records and galleries
+
+# A label is suspect when a confident prediction (probability >= SUSPECT_CONFIDENCE) AND the
+# stain evidence both disagree with it: labelled Parasitized with an empty stain mask, or
+# labelled Uninfected with a stained area of at least SUSPECT_STAIN_FRACTION of the image
+# (SUSPECT_STAIN_FRACTION * 128**2 px at 128 px). Why these values: see the README.
+SUSPECT_CONFIDENCE = 0.9
+SUSPECT_STAIN_FRACTION = 0.006
+# A map misses when its peak is further than this from the stain (the pointing game's 8 px).
+MAP_MISS_PX = 8.0
+GALLERIES = ("misclassified", "map_misses", "suspect_labels")
+
+
+def suspect_label(
+    label: int, prediction: int, probability: float, stain_area: int, pixels: int, target: int
+) -> str | None:
+    """Why the label of one cell is suspect (a short phrase), or None when it is not.
+
+    `target` is the Parasitized class, `probability` that of `prediction`, `stain_area`
+    the stain mask's pixel count out of `pixels`.
+    """
+    if probability < SUSPECT_CONFIDENCE or prediction == label:
+        return None
+    if label == target and stain_area == 0:
+        return "labelled Parasitized, but no stain and a confident Uninfected prediction"
+    if label != target and prediction == target and stain_area >= SUSPECT_STAIN_FRACTION * pixels:
+        return "labelled Uninfected, but a sizeable stain and a confident Parasitized prediction"
+    return None
+
+
+def best_view(methods: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> tuple[str, str] | None:
+    """The (method, view) with the best pointing game: highest at 8 px, then at 4 px, then at 0 px; first if tied."""
+    scored = [
+        ((m["pointing_8px"], m.get("pointing_4px") or 0.0, m["pointing_0px"] or 0.0), (method, view))
+        for method, views in methods.items()
+        for view, m in views.items()
+        if m.get("pointing_counted") and m.get("pointing_8px") is not None
+    ]
+    if not scored:
+        return None
+    best = max(score for score, _ in scored)
+    return next(key for score, key in scored if score == best)
+
+
+def galleries(
+    records: Sequence[Mapping[str, Any]], class_names: Sequence[str], image_pixels: int
+) -> dict[str, list[dict[str, Any]]]:
+    """The three gallery lists of per-image records, each sorted worst first.
+
+    - misclassified: prediction != label, the most confident wrong prediction first;
+    - map_misses: Parasitized cells predicted right whose best map's peak lies more than
+      MAP_MISS_PX from the stain (record key 'distance'), the furthest first;
+    - suspect_labels: `suspect_label` holds (key 'reason' added), the most confident first,
+      then the larger stain first.
+    """
+    names = list(class_names)
+    target = names.index(PARASITIZED) if PARASITIZED in names else None
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in GALLERIES}
+    for record in records:
+        label, prediction = names.index(record["label"]), names.index(record["prediction"])
+        if label != prediction:
+            out["misclassified"].append(dict(record))
+        if target is None:
+            continue
+        distance = record.get("distance")
+        if label == target == prediction and distance is not None and distance > MAP_MISS_PX:
+            out["map_misses"].append(dict(record))
+        reason = suspect_label(label, prediction, record["probability"], record["stain_area"], image_pixels, target)
+        if reason is not None:
+            out["suspect_labels"].append({**record, "reason": reason})
+    out["misclassified"].sort(key=lambda r: -r["probability"])
+    out["map_misses"].sort(key=lambda r: -r["distance"])
+    out["suspect_labels"].sort(key=lambda r: (-r["probability"], -r["stain_area"]))
+    return out
+
+
+class _Reservoir:
+    """A uniform random sample of at most `size` (image, class) pairs from a stream (Algorithm R), seeded."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seen = 0
+        self.images: list[Tensor] = []
+        self.classes: list[int] = []
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def offer(self, images: Tensor, classes: Tensor) -> None:
+        """Consider every image of a batch for the sample."""
+        for image, cls in zip(images, classes.tolist()):
+            if len(self.images) < self.size:
+                self.images.append(image.detach().cpu().clone())
+                self.classes.append(int(cls))
+            else:
+                slot = int(torch.randint(0, self.seen + 1, (1,), generator=self.generator))
+                if slot < self.size:
+                    self.images[slot], self.classes[slot] = image.detach().cpu().clone(), int(cls)
+            self.seen += 1
+
+
+# --------------------------------------------------------------------------- the driver
 
 
 def evaluate(
@@ -295,6 +465,12 @@ def evaluate(
     progress: bool = True,
     steps: int = 16,
     faithfulness: bool = True,
+    fuse: str = cams.DEFAULT_FUSION,
+    every_block: bool = False,
+    sanity_images: int = 0,
+    sanity_methods: Mapping[str, MapFunction] | Sequence[str] | None = None,
+    seed: int = 0,
+    faithful_images: int | None = None,
 ) -> dict[str, Any]:
     """Accuracy and heatmap quality of a model on a data set of (uint8 image, label); a JSON-able dict.
 
@@ -302,40 +478,81 @@ def evaluate(
     the Parasitized cells, and the pointing game on those whose stain mask is not
     empty); for any other model, each image's true class on every image.
     Methods: 'cam' (cams.py) and the keys of gradcams.METHODS; for an every-block
-    model each method is judged on every block and on the fused map. `steps` is
-    deletion/insertion's; faithfulness=False skips those and the average drop (the
-    costly part, steps + 2 forward passes per map), leaving the pointing game.
+    model each method is judged on every block and on the 'fused' map (cams.fuse with
+    rule `fuse`; every_block=True does the same for a Network's Grad-CAM methods). `steps`
+    is deletion/insertion's; faithfulness=False skips those and the average drop (the
+    costly part, 2 (steps + 2) image passes per map), leaving the pointing game.
+    faithful_images=N computes them on a seeded uniform sample of N explained images
+    instead of all (kept in memory, N x 3 x S x S floats, and scored after the pass over
+    the data); each view's 'faithful_images' says on how many.
+
+    Besides 'classification', 'explained_class', 'methods' (and 'blocks' for an every-block
+    model), the result holds 'fusion_rule'; 'per_image': one record per image, in order,
+    {file, label, prediction, probability (of the prediction), stain_area (px at the
+    model's input size), distance (the best map's peak to the stain in px, None where
+    not measured)}; 'best_map' {method, view} (see best_view); the galleries
+    'misclassified', 'map_misses', 'suspect_labels' (see galleries) and 'gallery_rules'
+    (their thresholds); with sanity_images > 0, 'sanity': cascading_randomisation on a
+    seeded uniform sample of that many explained images, for `sanity_methods` (default:
+    sanity_method_names). Memory stays bounded: per image only these scalars are kept.
     """
     unknown = [m for m in methods if m != "cam" and m not in gradcams.METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)} (expected cam or {', '.join(gradcams.METHODS)})")
+    if fuse not in cams.FUSION_RULES:
+        raise ValueError(f"unknown fusion rule {fuse!r} (expected one of {', '.join(cams.FUSION_RULES)})")
     network, names = model.network, list(model.class_names)
+    multi = isinstance(network, NetworkMultiLoss)
     target = names.index(PARASITIZED) if PARASITIZED in names else None
     truths: list[Tensor] = []
     predictions: list[Tensor] = []
+    confidences: list[Tensor] = []
+    areas: list[Tensor] = []
+    files: list[str | None] = []
     block_predictions: list[list[Tensor]] = [[] for _ in range(4)]
     tallies: dict[str, dict[str, _Tally]] = {m: {} for m in methods}
+    distances: dict[tuple[str, str], list[tuple[int, Tensor]]] = {}  # (offset of the batch, its (B,) distances)
+    seen = 0
+    sample = _Reservoir(sanity_images, seed)
+    sampled = faithfulness and faithful_images is not None
+    faithful_sample = _Reservoir(faithful_images or 0, seed + 1)
+    settings = _Settings(target, steps if faithfulness and not sampled else 0, fuse, every_block)
     bar = tqdm(total=_count(dataset, max_images), desc="evaluating", unit="img", disable=not progress, leave=False)
     with contextlib.ExitStack() as stack:
         stack.callback(bar.close)
         stack.enter_context(gradcams.eval_mode(network))  # the caller's train/eval mode comes back afterwards
-        for raw, labels in _batches(dataset, batch_size, max_images):
+        for raw, labels, batch_files in _batches(dataset, batch_size, max_images):
             images = _as_input(raw, model.image_size, device)
             labels = labels.to(images.device)
+            classes = torch.full_like(labels, target) if target is not None else labels
+            probabilities = None
             with torch.no_grad():
                 if isinstance(network, NetworkMultiLoss):
-                    block_logits = cams.explain_every_block(network, images).block_logits
-                    for i, logits in enumerate(block_logits):
+                    explained = cams.explain_every_block(network, images, classes)
+                    for i, logits in enumerate(explained.block_logits):
                         block_predictions[i].append(logits.argmax(1).cpu())
-                    logits = block_logits[-1]
+                    logits, probabilities = explained.logits, explained.block_probabilities
                 else:
                     logits = network(images)
             truths.append(labels.cpu())
-            predictions.append(logits.argmax(1).cpu())
+            confidence, predicted = logits.softmax(dim=1).max(dim=1)
+            predictions.append(predicted.cpu())
+            confidences.append(confidence.cpu())
+            files.extend(batch_files)
+            masks = torch.stack([stain_mask(image.cpu()) for image in images]) if target is not None else None
+            areas.append(masks.flatten(1).sum(1) if masks is not None else torch.zeros(len(labels), dtype=torch.long))
             chosen = labels == target if target is not None else torch.ones_like(labels, dtype=torch.bool)
-            if bool(chosen.any()):
-                _judge(model, images[chosen], labels[chosen], target, methods, tallies, steps if faithfulness else 0)
+            batch_distances = _judge(model, images, classes, chosen, masks, probabilities, methods, tallies, settings)
+            for key, values in batch_distances.items():
+                distances.setdefault(key, []).append((seen, values))
+            seen += len(labels)
+            if sanity_images and bool(chosen.any()):
+                sample.offer(images[chosen], classes[chosen])
+            if sampled and bool(chosen.any()):
+                faithful_sample.offer(images[chosen], classes[chosen])
             bar.update(len(labels))
+        if faithful_sample.images:
+            _score_sample(model, faithful_sample, methods, tallies, settings, steps, batch_size, device, progress)
     if not truths:
         raise ValueError("the data set yielded no images")
     truth = torch.cat(truths)
@@ -343,45 +560,280 @@ def evaluate(
         "classification": classification_report(truth, torch.cat(predictions), names),
         "explained_class": names[target] if target is not None else "true class",
         "methods": {m: {view: tally.result() for view, tally in views.items()} for m, views in tallies.items()},
+        "fusion_rule": fuse,
     }
-    if isinstance(network, NetworkMultiLoss):
+    if multi:
         result["blocks"] = {
             f"block{i}": classification_report(truth, torch.cat(p), names)
             for i, p in enumerate(block_predictions, start=1)
         }
+    best = best_view(result["methods"])
+    best_distances = torch.full((len(truth),), math.nan, dtype=torch.float64)
+    for offset, values in distances.get(best, []) if best is not None else []:
+        best_distances[offset : offset + len(values)] = values
+    result["per_image"] = [
+        {
+            "file": file,
+            "label": names[label],
+            "prediction": names[prediction],
+            "probability": round(probability, 6),
+            "stain_area": area,
+            "distance": None if math.isnan(distance) else round(distance, 3),
+        }
+        for file, label, prediction, probability, area, distance in zip(
+            files,
+            truth.tolist(),
+            torch.cat(predictions).tolist(),
+            torch.cat(confidences).tolist(),
+            torch.cat(areas).tolist(),
+            best_distances.tolist(),
+        )
+    ]
+    result["best_map"] = {"method": best[0], "view": best[1]} if best is not None else None
+    pixels = model.image_size**2
+    result.update(galleries(result["per_image"], names, pixels))
+    result["gallery_rules"] = {
+        "suspect_confidence": SUSPECT_CONFIDENCE,
+        "suspect_stain_area": math.ceil(SUSPECT_STAIN_FRACTION * pixels),
+        "map_miss_px": MAP_MISS_PX,
+        "image_size": model.image_size,
+    }
+    if sample.images:
+        chosen_methods = sanity_methods if sanity_methods is not None else sanity_method_names(network, methods)
+        functions = map_functions(chosen_methods, fuse) if not isinstance(chosen_methods, Mapping) else chosen_methods
+        result["sanity"] = cascading_randomisation(
+            network, torch.stack(sample.images).to(device), torch.tensor(sample.classes, device=device), functions, seed
+        )
     return result
+
+
+def _score_sample(
+    model: ModelLike,
+    sample: _Reservoir,
+    methods: Sequence[str],
+    tallies: dict[str, dict[str, _Tally]],
+    settings: _Settings,
+    steps: int,
+    batch_size: int,
+    device: torch.device | str,
+    progress: bool,
+) -> None:
+    """Deletion/insertion and average drop of every method's views on the sampled images, in batches."""
+    count = len(sample.images)
+    bar = tqdm(total=count, desc="deletion/insertion", unit="img", disable=not progress, leave=False)
+    with bar:
+        for start in range(0, count, batch_size):
+            images = torch.stack(sample.images[start : start + batch_size]).to(device)
+            classes = torch.tensor(sample.classes[start : start + batch_size], device=device)
+            for method in methods:
+                views = view_heatmaps(model, method, images, classes, settings.fuse, settings.every_block)
+                _add_faithfulness(model.network, images, classes, views, tallies[method], steps)
+            bar.update(len(images))
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What _judge needs besides the batch: the explained class, deletion steps (0: none) and the fused views' rule."""
+
+    target: int | None
+    steps: int
+    fuse: str
+    every_block: bool
 
 
 def _judge(
     model: ModelLike,
     images: Tensor,
-    labels: Tensor,
-    target: int | None,
+    classes: Tensor,
+    chosen: Tensor,
+    masks: Tensor | None,
+    probabilities: Tensor | None,
     methods: Sequence[str],
     tallies: dict[str, dict[str, _Tally]],
+    settings: _Settings,
+) -> dict[tuple[str, str], Tensor]:
+    """Add one batch's pointing game and (unless steps is 0) faithfulness numbers to every method's tallies.
+
+    Only the `chosen` images are explained. Returns per (method, view) the (B,) peak-to-stain
+    distances of the whole batch (NaN where an image was not explained or has no stain);
+    nothing for a batch without a chosen image.
+    """
+    batch = len(images)
+    out: dict[tuple[str, str], Tensor] = {}
+    if not bool(chosen.any()):
+        return out
+    images, classes = images[chosen], classes[chosen]
+    probabilities = probabilities[chosen] if probabilities is not None else None
+    where = chosen.cpu()
+    for method in methods:
+        views = view_heatmaps(model, method, images, classes, settings.fuse, settings.every_block, probabilities)
+        for view, heat in views.items():
+            tally = tallies[method].setdefault(view, _Tally())
+            distance = torch.full((batch,), math.nan, dtype=torch.float64)
+            if masks is not None:
+                distance[where] = peak_distances(heat.cpu(), masks[where])
+                measured = distance[where]
+                for tolerance in POINTING_TOLERANCES:
+                    tally.hits[tolerance] += int((measured <= tolerance).sum())
+                tally.counted += int((~measured.isnan()).sum())
+            out[(method, view)] = distance
+            tally.images += len(images)
+        if settings.steps:
+            _add_faithfulness(model.network, images, classes, views, tallies[method], settings.steps)
+    return out
+
+
+def _add_faithfulness(
+    network: nn.Module,
+    images: Tensor,
+    classes: Tensor,
+    views: Mapping[str, Tensor],
+    tallies: dict[str, _Tally],
     steps: int,
 ) -> None:
-    """Add one batch's pointing game and, unless steps is 0, its faithfulness numbers to every method's tallies."""
-    classes = torch.full_like(labels, target) if target is not None else labels
-    masks = [stain_mask(image.cpu()) for image in images] if target is not None else []
-    for method in methods:
-        for view, heat in _views(model, method, images, classes).items():
-            tally = tallies[method].setdefault(view, _Tally())
-            for heatmap, mask in zip(heat.cpu(), masks):
-                for tolerance in POINTING_TOLERANCES:
-                    hit = pointing_hit(heatmap, mask, tolerance)
-                    tally.hits[tolerance] += int(bool(hit))
-                tally.counted += int(bool(mask.any()))
-            tally.images += len(images)
-            if not steps:
-                continue
-            deletion, insertion = deletion_insertion(model.network, images, heat, classes, steps)
-            drop, increased = drop_and_increase(model.network, images, heat, classes)
-            tally.sums["deletion_auc"] += float(deletion.sum())
-            tally.sums["insertion_auc"] += float(insertion.sum())
-            tally.sums["average_drop"] += float(drop.sum())
-            tally.sums["increase_in_confidence"] += float(increased.float().sum() * 100)
-            tally.faithful += len(images)
+    """Add deletion/insertion AUCs and the average drop / increase of each view's heatmaps to its tally."""
+    for view, heat in views.items():
+        tally = tallies.setdefault(view, _Tally())
+        deletion, insertion = deletion_insertion(network, images, heat, classes, steps)
+        drop, increased = drop_and_increase(network, images, heat, classes)
+        tally.sums["deletion_auc"] += float(deletion.sum())
+        tally.sums["insertion_auc"] += float(insertion.sum())
+        tally.sums["average_drop"] += float(drop.sum())
+        tally.sums["increase_in_confidence"] += float(increased.float().sum() * 100)
+        tally.faithful += len(images)
+
+
+# --------------------------------------------------------------------------- the sanity check
+
+# A map method for the sanity check: (network, images (B, 3, H, W) in [0, 1], classes (B,)) -> (B, H, W) heatmaps.
+MapFunction = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+def map_function(name: str, fuse: str = cams.DEFAULT_FUSION) -> MapFunction:
+    """A named method's heatmaps at the network's last block: 'cam', a key of gradcams.METHODS, or 'cam fused'.
+
+    'cam fused' is an every-block network's CAMs fused by rule `fuse`, the map the every-block view draws.
+    """
+    if name == "cam":
+
+        def cam(network: nn.Module, images: Tensor, classes: Tensor) -> Tensor:
+            return cams.heatmap(_cam_maps(network, images, classes)[-1], tuple(images.shape[-2:]))
+
+        return cam
+    if name == "cam fused":
+
+        def fused(network: nn.Module, images: Tensor, classes: Tensor) -> Tensor:
+            if not isinstance(network, NetworkMultiLoss):
+                raise TypeError("'cam fused' needs a NetworkMultiLoss")
+            return cams.explain_every_block(network, images, classes).fused_heatmap(fuse)
+
+        return fused
+    if name in gradcams.METHODS:
+
+        def gradient(network: nn.Module, images: Tensor, classes: Tensor) -> Tensor:
+            return gradcams.make_method(name, network)(images, classes).heatmaps(tuple(images.shape[-2:]))
+
+        return gradient
+    raise ValueError(f"unknown method {name!r} (expected cam, cam fused or one of {', '.join(gradcams.METHODS)})")
+
+
+def map_functions(names: Sequence[str], fuse: str = cams.DEFAULT_FUSION) -> dict[str, MapFunction]:
+    """map_function of each name, by name."""
+    return {name: map_function(name, fuse) for name in names}
+
+
+def sanity_method_names(network: nn.Module, methods: Sequence[str] = ()) -> list[str]:
+    """The sanity check's default methods: cam (and 'cam fused' for an every-block network) and every
+    Grad-CAM method, Score-CAM only when it is among `methods` (it costs a forward pass per channel)."""
+    names = ["cam"] + (["cam fused"] if isinstance(network, NetworkMultiLoss) else [])
+    return names + [m for m in gradcams.METHODS if m != "scorecam" or m in methods]
+
+
+def randomisation_stages(network: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+    """The cascade of Adebayo et al.: (stage name, modules to re-initialise), from the top layer down.
+
+    Our networks: 'head' (the classifier and, for NetworkMultiLoss, the blocks' transforms),
+    then 'block4', 'block3', 'block2', 'block1' (each block's conv and batch norm). Any other
+    model: each module with parameters of its own, last registered first, named by its path.
+    """
+    if isinstance(network, NetworkMultiLoss):
+        head: list[nn.Module] = [network.classifier, network.transform1, network.transform2, network.transform3]
+        blocks = [
+            [network.conv1, network.bn1],
+            [network.conv2, network.bn2],
+            [network.conv3, network.bn3],
+            [network.conv4, network.bn4],
+        ]
+    elif isinstance(network, Network):
+        features = network.features
+        head = [network.classifier]
+        blocks = [[features[0]], [features[2]], [features[4]], [features[6], features[8]]]
+    else:
+        own = [(name, m) for name, m in network.named_modules() if any(True for _ in m.parameters(recurse=False))]
+        return [(name, [module]) for name, module in reversed(own)]
+    return [("head", head)] + [(f"block{i}", blocks[i - 1]) for i in range(len(blocks), 0, -1)]
+
+
+def _reinitialise(modules: Sequence[nn.Module], seed: int) -> None:
+    """reset_parameters() of every submodule that has one, under `seed`, leaving the caller's RNG state alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in modules:
+            for sub in module.modules():
+                reset = getattr(sub, "reset_parameters", None)
+                if callable(reset):
+                    reset()
+
+
+def cascading_randomisation(
+    network: nn.Module,
+    images: Tensor,
+    classes: Tensor,
+    methods: Mapping[str, MapFunction],
+    seed: int = 0,
+    stages: Sequence[tuple[str, Sequence[nn.Module]]] | None = None,
+) -> dict[str, Any]:
+    """The model-parameter randomisation test (Adebayo et al. 2018): do the maps depend on the weights?
+
+    On a deep copy of `network` (the original is never touched), the stages of
+    randomisation_stages are re-initialised one after another, cumulatively, each with
+    its modules' own reset_parameters under seed + stage number. After each stage every
+    method's heatmaps of `images` (explaining `classes`) are compared with the trained
+    network's by Spearman's rank correlation, per image, and averaged over the images
+    where both maps are not constant. A method whose maps keep rho near 1 while the
+    weights are destroyed explains the image, not the model.
+
+    Returns {'images': n, 'stages': [names, top first], 'methods': {method: {stage: mean
+    rho or None}}, 'defined': {method: {stage: images averaged}}}.
+    """
+    randomised = copy.deepcopy(network)  # re-initialised in place, stage after stage
+    if stages is None:
+        cascade = randomisation_stages(randomised)
+    else:
+        # The caller names the original's modules: re-initialise their twins in the copy.
+        path = {id(module): name for name, module in network.named_modules()}
+        twin = dict(randomised.named_modules())
+        cascade = [(stage, [twin[path[id(m)]] for m in modules]) for stage, modules in stages]
+    if not cascade:
+        raise ValueError("the network has nothing to randomise")
+    size = tuple(images.shape[-2:])
+    out: dict[str, Any] = {"images": len(images), "stages": [name for name, _ in cascade], "methods": {}, "defined": {}}
+    with gradcams.eval_mode(network):
+        reference = {name: fn(network, images, classes).detach().cpu() for name, fn in methods.items()}
+    for name, maps in reference.items():
+        if tuple(maps.shape) != (len(images), *size):
+            raise ValueError(f"method {name!r} gave maps of {tuple(maps.shape)}, not (B, {size[0]}, {size[1]})")
+        out["methods"][name], out["defined"][name] = {}, {}
+    for number, (stage, modules) in enumerate(cascade):
+        _reinitialise(modules, seed + number)
+        with gradcams.eval_mode(randomised):
+            for name, fn in methods.items():
+                maps = fn(randomised, images, classes).detach().cpu()
+                rhos = [spearman(a, b) for a, b in zip(reference[name], maps)]
+                defined = [r for r in rhos if not math.isnan(r)]
+                out["methods"][name][stage] = sum(defined) / len(defined) if defined else None
+                out["defined"][name][stage] = len(defined)
+    return out
 
 
 def _number(value: Any, percent: bool = False) -> str:
@@ -392,7 +844,7 @@ def _number(value: Any, percent: bool = False) -> str:
 
 
 def format_table(result: Mapping[str, Any]) -> str:
-    """The evaluation as readable text: accuracy per head, then one row per method and view."""
+    """The evaluation as readable text: accuracy per head, one row per method and view, galleries, sanity check."""
     report = result["classification"]
     lines = [f"accuracy {100 * report['accuracy']:.2f}% on {report['images']} images"]
     names = report["class_names"]
@@ -405,20 +857,50 @@ def format_table(result: Mapping[str, Any]) -> str:
     for block, block_report in result.get("blocks", {}).items():
         lines.append(f"  {block} head accuracy {100 * block_report['accuracy']:.2f}%")
     lines += ["", f"heatmaps explaining {result['explained_class']}:"]
-    header = f"{'method':<10}{'view':<8}{'point@15':>9}{'point@8':>9}{'inside':>8}{'counted':>8}{'deletion':>9}"
-    header += f"{'insertion':>10}"
-    header += f"{'avg drop':>10}{'increase':>10}"
+    header = f"{'method':<10}{'view':<8}{'point@15':>9}{'point@8':>9}{'point@4':>9}{'inside':>8}{'counted':>8}"
+    header += f"{'deletion':>9}{'insertion':>10}{'avg drop':>10}{'increase':>10}"
     lines += [header, "-" * len(header)]
     for method, views in result["methods"].items():
         for view, m in views.items():
             lines.append(
                 f"{method:<10}{view:<8}{_number(m['pointing_15px'], True):>9}{_number(m['pointing_8px'], True):>9}"
-                f"{_number(m['pointing_0px'], True):>8}{m['pointing_counted']:>8}"
-                f"{_number(m['deletion_auc']):>9}{_number(m['insertion_auc']):>10}"
+                f"{_number(m.get('pointing_4px'), True):>9}{_number(m['pointing_0px'], True):>8}"
+                f"{m['pointing_counted']:>8}{_number(m['deletion_auc']):>9}{_number(m['insertion_auc']):>10}"
                 f"{_number(m['average_drop'] and m['average_drop'] / 100, True):>10}"
                 f"{_number(m['increase_in_confidence'] and m['increase_in_confidence'] / 100, True):>10}"
             )
     lines.append("(deletion: lower is better; insertion: higher; average drop: lower; increase: higher)")
+    scored = {m.get("faithful_images") for views in result["methods"].values() for m in views.values()}
+    explained = {m["images"] for views in result["methods"].values() for m in views.values()}
+    if len(scored) == 1 and len(explained) == 1 and 0 < (next(iter(scored)) or 0) < next(iter(explained)):
+        lines.append(f"(deletion to increase: on a seeded sample of {next(iter(scored))} of those images)")
+    if any(view == "fused" for views in result["methods"].values() for view in views):
+        rule = result.get("fusion_rule", cams.DEFAULT_FUSION)
+        if rule in cams.FUSION_RULES:
+            lines.append(f"fused: {rule}, {cams.FUSION_RULES[rule].description}")
+    if result.get("best_map"):
+        lines.append(f"best map (pointing game at 8 px): {result['best_map']['method']} {result['best_map']['view']}")
+    if all(name in result for name in GALLERIES):
+        lines.append(
+            f"galleries: {len(result['misclassified'])} misclassified, {len(result['map_misses'])} map misses, "
+            f"{len(result['suspect_labels'])} suspect labels"
+        )
+    if "sanity" in result:
+        lines += ["", format_sanity(result["sanity"])]
+    return "\n".join(lines)
+
+
+def format_sanity(sanity: Mapping[str, Any]) -> str:
+    """The randomisation test as text: per method the mean Spearman rho after each cumulative stage."""
+    stages = list(sanity["stages"])
+    lines = [
+        f"sanity check: rank correlation of each method's maps with the trained model's, after re-initialising "
+        f"from the top down ({sanity['images']} images; near 1 = the map ignores the weights)",
+        f"{'method':<12}" + "".join(f"{'+' + s if i else s:>10}" for i, s in enumerate(stages)),
+    ]
+    for method, values in sanity["methods"].items():
+        cells = "".join(f"{_number(values.get(stage)):>10}" for stage in stages)
+        lines.append(f"{method:<12}{cells}")
     return "\n".join(lines)
 
 
@@ -494,7 +976,7 @@ def compare_models(
         stack.callback(bar.close)
         for model in named.values():
             stack.enter_context(gradcams.eval_mode(model.network))
-        for raw, labels in _batches(dataset, batch_size, max_images):
+        for raw, labels, _ in _batches(dataset, batch_size, max_images):
             classes = torch.full_like(labels, class_index) if class_index is not None else labels
             heat = {
                 name: _method_maps(m, method, _as_input(raw, m.image_size, device), classes.to(device), size).cpu()

@@ -52,12 +52,31 @@ def run_evaluate(args: argparse.Namespace) -> list[Path]:
         dataset.samples = balanced_sample(dataset.samples, args.max_images, args.seed)
         print(f"note: scoring a seeded, class-balanced sample of {len(dataset)} images (--max-images)")
     outputs = Outputs(args.out, False)
-    result = evaluation.evaluate(model, dataset, args.methods, device, args.batch_size)
+    result = evaluation.evaluate(
+        model,
+        dataset,
+        args.methods,
+        device,
+        args.batch_size,
+        fuse=args.fuse,
+        sanity_images=max(args.sanity, 0),
+        seed=args.seed,
+        faithful_images=args.faithful_images,
+    )
     result.update(model=describe(model), data_dir=str(args.data_dir), split=args.split)
     print(evaluation.format_table(result))
+    if "sanity" in result:
+        print(evaluation.format_sanity(result["sanity"]))
     stem = f"evaluate_{checkpoint_name(model.path)}_{args.split}"
     outputs.json(result, stem)
     outputs.save(charts.metrics_chart(result, f"{model.path.name} on {args.split} ({args.data_dir})"), stem)
+    if args.report:
+        import report
+
+        details = {"model": describe(model), "data": f"{args.data_dir} ({args.split}, {len(dataset)} images)"}
+        index = report.write_report(result, outputs.folder / f"{stem}_report", model, device, details=details)
+        outputs.written.append(index)
+        print(f"report: {index} (open it in a browser)")
     return outputs.written
 
 
@@ -73,6 +92,8 @@ def run_compare(args: argparse.Namespace) -> list[Path]:
         print(f"model: {describe(model)}")
     if any(m.class_names != models[0].class_names for m in models):
         raise UsageError("compare needs models of the same classes")
+    if any(m.preprocess != models[0].preprocess for m in models):
+        raise UsageError("compare needs models that see the pictures alike (one squashes, another centre-crops)")
     dataset = evaluation_set(models[0], args.data_dir, args.split, args.seed)
     if args.max_images is not None and args.max_images < len(dataset):
         dataset.samples = balanced_sample(dataset.samples, args.max_images, args.seed)

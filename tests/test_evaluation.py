@@ -482,3 +482,209 @@ def test_charts_draw_an_evaluation_and_a_comparison(cells: list[Cell]) -> None:
     assert _png(figure).startswith(b"\x89PNG")
     with pytest.raises(ValueError):
         charts.metrics_chart({"methods": {}})
+
+
+# --------------------------------------------------------------------------- distances, galleries, sanity check
+
+
+def test_peak_distance_and_the_4px_tolerance() -> None:
+    assert evaluation.POINTING_TOLERANCES == (15.0, 8.0, 4.0, 0.0)
+    heat = torch.zeros(20, 20)
+    heat[10, 10] = 1.0
+    mask = torch.zeros(20, 20, dtype=torch.bool)
+    assert evaluation.peak_distance(heat, mask) is None
+    mask[13, 14] = True  # 3-4-5
+    assert evaluation.peak_distance(heat, mask) == 5.0
+    assert evaluation.pointing_hit(heat, mask, 4.0) is False and evaluation.pointing_hit(heat, mask, 5.0) is True
+    mask[10, 10] = True
+    assert evaluation.peak_distance(heat, mask) == 0.0
+    both = evaluation.peak_distances(torch.stack([heat, heat]), torch.stack([mask, torch.zeros_like(mask)]))
+    assert both[0] == 0.0 and math.isnan(both[1])
+
+
+def confident(network: Network) -> Network:
+    """The purple detector with a head bias that makes a clean cell confidently Uninfected (p = 0.98, not 0.88)."""
+    with torch.no_grad():
+        head = network.classifier[-1]
+        head.bias[1], head.bias[0] = -2.0, 2.0
+    return network
+
+
+def record(label: str, prediction: str, probability: float, area: int, distance: float | None = None) -> dict:
+    return {
+        "file": None,
+        "label": label,
+        "prediction": prediction,
+        "probability": probability,
+        "stain_area": area,
+        "distance": distance,
+    }
+
+
+def test_the_suspect_label_rule_and_its_thresholds() -> None:
+    pixels, sizeable = 128 * 128, math.ceil(evaluation.SUSPECT_STAIN_FRACTION * 128 * 128)
+    parasitized, uninfected = 1, 0
+    # Labelled Parasitized: suspect only without any stain and with a confident Uninfected prediction.
+    assert evaluation.suspect_label(parasitized, uninfected, 0.95, 0, pixels, parasitized)
+    assert evaluation.suspect_label(parasitized, uninfected, 0.95, 12, pixels, parasitized) is None
+    assert evaluation.suspect_label(parasitized, uninfected, 0.85, 0, pixels, parasitized) is None
+    assert evaluation.suspect_label(parasitized, parasitized, 0.99, 0, pixels, parasitized) is None
+    # Labelled Uninfected: suspect with a sizeable stain and a confident Parasitized prediction.
+    assert evaluation.suspect_label(uninfected, parasitized, 0.9, sizeable, pixels, parasitized)
+    assert evaluation.suspect_label(uninfected, parasitized, 0.9, sizeable - 1, pixels, parasitized) is None
+    assert evaluation.suspect_label(uninfected, parasitized, 0.89, 10 * sizeable, pixels, parasitized) is None
+
+
+def test_galleries_sort_worst_first() -> None:
+    records = [
+        record("Parasitized", "Uninfected", 0.7, 40),
+        record("Parasitized", "Uninfected", 0.99, 0),
+        record("Uninfected", "Parasitized", 0.95, 500),
+        record("Uninfected", "Parasitized", 0.95, 900),
+        record("Parasitized", "Parasitized", 0.99, 50, distance=9.5),
+        record("Parasitized", "Parasitized", 0.99, 50, distance=30.0),
+        record("Parasitized", "Parasitized", 0.99, 50, distance=8.0),  # exactly 8 px: a hit, not a miss
+        record("Uninfected", "Uninfected", 0.99, 0),
+    ]
+    out = evaluation.galleries(records, CLASSES, 128 * 128)
+    assert [r["probability"] for r in out["misclassified"]] == [0.99, 0.95, 0.95, 0.7]
+    assert [r["distance"] for r in out["map_misses"]] == [30.0, 9.5]
+    assert [(r["label"], r["stain_area"]) for r in out["suspect_labels"]] == [
+        ("Parasitized", 0),
+        ("Uninfected", 900),
+        ("Uninfected", 500),
+    ]
+    assert all(r["reason"] for r in out["suspect_labels"])
+    faces = evaluation.galleries([record("Female", "Male", 0.99, 0)], ["Female", "Male"], 64 * 64)
+    assert len(faces["misclassified"]) == 1 and faces["map_misses"] == faces["suspect_labels"] == []
+
+
+def test_evaluate_finds_flipped_labels_and_keeps_a_record_per_image(cells: list[Cell]) -> None:
+    data = as_dataset(cells)
+    infected = next(i for i, (_, label) in enumerate(data) if label == 1)
+    clean = next(i for i, (_, label) in enumerate(data) if label == 0)
+    data[infected] = (data[infected][0], 0)  # a stained cell labelled Uninfected
+    data[clean] = (data[clean][0], 1)  # a clean cell labelled Parasitized
+    result = evaluation.evaluate(Loaded(confident(purple_detector())), data, ["cam"], progress=False, steps=2)
+    json.dumps(result)
+    records = result["per_image"]
+    assert len(records) == len(data)
+    assert [r["label"] for r in records] == [CLASSES[label] for _, label in data]
+    assert records[infected]["stain_area"] >= result["gallery_rules"]["suspect_stain_area"]
+    assert records[clean]["stain_area"] == 0
+    assert all(r["file"] is None for r in records)  # a plain list has no file names
+    suspects = {(r["label"], r["stain_area"]) for r in result["suspect_labels"]}
+    assert suspects == {("Uninfected", records[infected]["stain_area"]), ("Parasitized", 0)}
+    assert len(result["misclassified"]) == 2 and result["map_misses"] == []
+    assert result["best_map"] == {"method": "cam", "view": "last"}
+    distances = [r["distance"] for r in records if r["label"] == "Parasitized" and r["stain_area"]]
+    assert distances and max(distances) <= 8.0
+    assert result["gallery_rules"]["suspect_confidence"] == evaluation.SUSPECT_CONFIDENCE
+    assert "2 suspect labels" in evaluation.format_table(result)
+    assert result["methods"]["cam"]["last"]["pointing_4px"] is not None
+
+
+class Listed(MapStyle):
+    """A data set that knows its files, as model_data's sets do (samples of (path, label))."""
+
+    def __init__(self, cells: list[Cell]) -> None:
+        super().__init__(cells)
+        self.samples = [(f"/data/cell_{i}.png", cell.label) for i, cell in enumerate(cells)]
+
+
+def test_evaluate_records_the_files_of_a_data_set_that_has_them(cells: list[Cell]) -> None:
+    result = evaluation.evaluate(
+        Loaded(purple_detector()), Listed(cells), ["cam"], max_images=5, progress=False, faithfulness=False
+    )
+    assert [r["file"] for r in result["per_image"]] == [f"/data/cell_{i}.png" for i in range(5)]
+
+
+def test_evaluate_fuses_by_the_rule_it_is_given_and_every_block_of_a_network(cells: list[Cell]) -> None:
+    torch.manual_seed(0)
+    model, data = Loaded(NetworkMultiLoss().eval(), kind="every"), as_dataset(cells)[:6]
+    for rule in ("max", "confidence"):
+        result = evaluation.evaluate(model, data, ["cam", "gradcam"], progress=False, faithfulness=False, fuse=rule)
+        assert result["fusion_rule"] == rule
+        assert list(result["methods"]["gradcam"]) == ["block1", "block2", "block3", "block4", "fused"]
+        assert "fused: " + rule in evaluation.format_table(result)
+    with pytest.raises(ValueError, match="unknown fusion rule"):
+        evaluation.evaluate(model, data, ["cam"], progress=False, fuse="median")
+    plain = Loaded(purple_detector())
+    every = evaluation.evaluate(plain, data, ["cam", "gradcam"], progress=False, faithfulness=False, every_block=True)
+    assert list(every["methods"]["cam"]) == ["last"]  # a Network has no per-block heads for CAM
+    assert list(every["methods"]["gradcam"]) == ["block1", "block2", "block3", "block4", "fused"]
+
+
+def centre_blob(network: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """A 'method' that ignores the model: the same centred Gaussian for every image."""
+    side = images.shape[-1]
+    offsets = torch.arange(side, dtype=torch.float32) - (side - 1) / 2
+    blob = torch.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * (side / 6) ** 2))
+    return blob.expand(len(images), side, side).clone()
+
+
+def test_the_randomisation_test_tells_a_map_of_the_model_from_a_map_of_nothing(cells: list[Cell]) -> None:
+    network = purple_detector()
+    before = copy.deepcopy(network.state_dict())
+    images = torch.stack([cell.image for cell in cells if cell.label == 1][:8]).float() / 255
+    methods = {"blob": centre_blob, **evaluation.map_functions(["cam", "gradcam"])}
+    rng_state = torch.get_rng_state()
+    sanity = evaluation.cascading_randomisation(network, images, torch.ones(8, dtype=torch.long), methods, seed=0)
+    assert torch.equal(torch.get_rng_state(), rng_state), "the test must not move the caller's random numbers"
+    assert all(torch.equal(before[k], v) for k, v in network.state_dict().items()), "the model must stay trained"
+    json.dumps(sanity)
+    assert sanity["stages"] == ["head", "block4", "block3", "block2", "block1"] and sanity["images"] == 8
+    assert all(rho == pytest.approx(1.0) for rho in sanity["methods"]["blob"].values())
+    for method in ("cam", "gradcam"):
+        # Once the convolutions are random too, the maps have little to do with the trained ones.
+        assert all(abs(sanity["methods"][method][stage]) < 0.8 for stage in ("block3", "block2", "block1")), method
+    again = evaluation.cascading_randomisation(network, images, torch.ones(8, dtype=torch.long), methods, seed=0)
+    assert again == sanity  # seeded
+
+
+def test_randomisation_stages_cover_both_networks_top_down() -> None:
+    multi = NetworkMultiLoss()
+    stages = dict(evaluation.randomisation_stages(multi))
+    assert list(stages) == ["head", "block4", "block3", "block2", "block1"]
+    assert stages["block1"] == [multi.conv1, multi.bn1] and multi.transform2 in stages["head"]
+    generic = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    assert [name for name, _ in evaluation.randomisation_stages(generic)] == ["3", "0"]
+
+
+def test_evaluate_runs_the_sanity_check_on_a_sample_of_the_explained_images(cells: list[Cell]) -> None:
+    torch.manual_seed(0)
+    model = Loaded(NetworkMultiLoss().eval(), kind="every")
+    result = evaluation.evaluate(
+        model, as_dataset(cells), ["cam"], progress=False, faithfulness=False, sanity_images=5, batch_size=4
+    )
+    sanity = result["sanity"]
+    assert sanity["images"] == 5
+    assert set(sanity["methods"]) == {"cam", "cam fused", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"}
+    assert "sanity check" in evaluation.format_table(result)
+    assert "sanity" not in evaluation.evaluate(model, as_dataset(cells)[:4], ["cam"], progress=False, steps=2)
+
+
+def test_per_image_records_stay_in_order_when_the_first_batches_explain_nothing(cells: list[Cell]) -> None:
+    # model_data's sets list every Uninfected cell first: the first batches have no cell to explain.
+    data = sorted(as_dataset(cells), key=lambda pair: pair[1])
+    result = evaluation.evaluate(
+        Loaded(purple_detector()), data, ["cam"], batch_size=5, progress=False, faithfulness=False
+    )
+    records = result["per_image"]
+    assert [r["label"] for r in records] == [CLASSES[label] for _, label in data]
+    assert all(r["distance"] is None for r in records if r["label"] == "Uninfected")
+    assert all(r["distance"] is not None and r["distance"] <= 8 for r in records if r["label"] == "Parasitized")
+
+
+def test_faithfulness_on_a_sample_is_faithfulness_on_those_images(cells: list[Cell]) -> None:
+    model, data = Loaded(purple_detector()), as_dataset(cells)
+    full = evaluation.evaluate(model, data, ["cam"], progress=False, steps=2, batch_size=5)
+    everything = evaluation.evaluate(model, data, ["cam"], progress=False, steps=2, batch_size=5, faithful_images=99)
+    some = evaluation.evaluate(model, data, ["cam"], progress=False, steps=2, batch_size=5, faithful_images=4)
+    whole, same, part = (r["methods"]["cam"]["last"] for r in (full, everything, some))
+    assert whole["faithful_images"] == same["faithful_images"] == 12 and part["faithful_images"] == 4
+    assert part["images"] == whole["images"] == 12 and part["pointing_8px"] == whole["pointing_8px"]
+    for key in ("deletion_auc", "insertion_auc", "average_drop"):
+        assert same[key] == pytest.approx(whole[key], rel=1e-5)
+        assert part[key] is not None
+    assert "sample of 4" in evaluation.format_table(some) and "sample of" not in evaluation.format_table(full)

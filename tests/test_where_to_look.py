@@ -13,6 +13,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -29,7 +30,9 @@ import torch.nn.functional as F
 from conftest import build_malaria, git_status, throwaway_clone
 from PIL import Image
 
+import cams
 import views
+import where_to_look
 from model_data import GenderSet, list_images, load_image
 from model_network import Network, NetworkMultiLoss
 from weights import load_model
@@ -432,6 +435,58 @@ def test_multi_every_block_numbers(trained, cells, tmp_path):
             np.testing.assert_allclose(data[f"mean_block{b}"], block[0].mean(0).numpy(), rtol=1e-5, atol=1e-5)
             heat = data[f"heatmap_block{b}"]
             assert heat.shape == (SIZE, SIZE) and heat.min() >= 0.0 and heat.max() <= 1.0
+        # The default fused map is the geometric mean of the four normalised block maps,
+        # min-max normalised: at the input's size (the panel) and at block 1's (cam_fused).
+        assert str(data["fusion_rule"]) == "product"
+        blocks = np.stack([data[f"heatmap_block{b}"] for b in range(1, 5)]).astype(np.float64)
+        np.testing.assert_allclose(data["heatmap_fused"], min_max(np.prod(blocks, 0) ** 0.25), atol=1e-5)
+        assert data["cam_fused"].shape == (SIZE // 2, SIZE // 2)
+        fine = [
+            min_max(
+                F.interpolate(
+                    torch.from_numpy(data[f"cam_block{b}"])[None, None],
+                    size=SIZE // 2,
+                    mode="bilinear",
+                    align_corners=False,
+                )[0, 0]
+                .double()
+                .numpy()
+            )
+            for b in range(1, 5)
+        ]
+        # Upsampled in float32 as the CLI does: near 0 the 4th root magnifies any rounding.
+        expected = min_max(np.prod(np.stack(fine), 0) ** 0.25)
+        np.testing.assert_allclose(data["cam_fused"], expected, atol=1e-5)
+
+
+def min_max(values: np.ndarray) -> np.ndarray:
+    """Scaled to [0, 1] (a constant map gives zeros)."""
+    span = values.max() - values.min()
+    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+
+
+@pytest.mark.parametrize("rule", ["max", "product234"])
+def test_multi_fuse_flag_picks_the_rule(trained, cells, tmp_path, rule):
+    image = cells["Parasitized"][2]
+    out = tmp_path / "out"
+    result = ok(
+        wtl(
+            *["multi", "--model", trained["malaria_every"], "--image", image, "--out", out, "--save-npz"],
+            *["--fuse", rule],
+            cwd=tmp_path,
+        )
+    )
+    with np.load(out / f"{image.stem}_multi_model_malaria_every_multi_loss.npz") as npz:
+        blocks = np.stack([npz[f"heatmap_block{b}"] for b in range(1, 5)]).astype(np.float64)
+        expected = blocks.max(0) if rule == "max" else np.prod(blocks[1:], 0) ** (1 / 3)
+        np.testing.assert_allclose(npz["heatmap_fused"], min_max(expected), atol=1e-5)
+        assert str(npz["fusion_rule"]) == rule
+    assert "saved" in result.stdout
+
+
+def test_the_cli_knows_every_fusion_rule():
+    assert set(where_to_look.FUSIONS) == set(cams.FUSION_RULES)
+    assert where_to_look.DEFAULT_FUSION == cams.DEFAULT_FUSION == where_to_look.FUSIONS[0]
 
 
 # --------------------------------------------------------------------------- gender100 and overlay
@@ -894,6 +949,35 @@ def test_evaluate_an_empty_split_names_split_all(tmp_path):
     )
     report = json.loads((out / "evaluate_model_malaria_last_all.json").read_text())
     assert report["classification"]["images"] == len(list_images(cells / "Parasitized")) * 2
+
+
+def test_evaluate_report_sanity_and_fused_rows_through_the_cli(tmp_path):
+    """The bundled every-block model on the bundled cells: the report opens offline and says what it found."""
+    out = tmp_path / "out"
+    bundled = REPO / "models" / "bundled" / "model_malaria_every_multi_loss.pt"
+    result = ok(
+        wtl(
+            *["evaluate", "--model", bundled, "--data-dir", REPO / "data" / "demo", "--split", "all"],
+            *["--methods", "cam", "gradcam", "--report", "--sanity", "4", "--faithful-images", "4", "--out", out],
+            cwd=tmp_path,
+        )
+    )
+    stem = "evaluate_model_malaria_every_multi_loss_all"
+    numbers = json.loads((out / f"{stem}.json").read_text())
+    assert numbers["fusion_rule"] == "product"
+    assert {"block1", "block4", "fused"} <= set(numbers["methods"]["cam"]) and "fused" in numbers["methods"]["gradcam"]
+    assert {"misclassified", "map_misses", "suspect_labels"} <= set(numbers)
+    # The sanity check: every method, every stage from the head down, printed and saved.
+    assert numbers["sanity"]["stages"] == ["head", "block4", "block3", "block2", "block1"]
+    assert {"cam", "cam fused", "gradcam"} <= set(numbers["sanity"]["methods"])
+    assert "sanity check" in result.stdout
+    index = out / f"{stem}_report" / "index.html"
+    page = index.read_text()
+    assert f"report: {index}" in result.stdout
+    assert "<script" not in page and "http://" not in page and "https://" not in page and str(tmp_path) not in page
+    for source in re.findall(r'src="([^"]+)"', page):
+        assert (index.parent / source).is_file(), source
+    assert "Suspect labels" in page and "Misclassified" in page
 
 
 def test_compare_names_runs_by_their_folders(trained, malaria_root, tmp_path):
