@@ -957,7 +957,8 @@ def compare_models(
     Every model explains the same class per image (class_index, or the image's true
     label), its map at its last block upsampled to the first model's image size.
     Returns {'numbers': JSON-able per-pair mean Spearman rho (over the images where
-    neither map is flat, counted in 'spearman_images') and mean top-10% IoU,
+    neither map is flat, counted in 'spearman_images'), mean top-10% IoU and, per class,
+    the Spearman rho of the two models' average maps ('average_map_spearman'),
     'maps': {model: {class: (S, S) array}} the average heatmaps, 'std': {class:
     (S, S) array} their pixel-wise standard deviation across models}.
     """
@@ -999,11 +1000,19 @@ def compare_models(
     averages = {name: t / per_class.clamp_min(1)[:, None, None] for name, t in totals.items()}
     stacked = torch.stack(list(averages.values()))
     seen = [i for i, n in enumerate(per_class.tolist()) if n > 0]
+    pair_numbers = {}
+    for (a, b), s in sums.items():
+        # Gender100's question: do the per-class averages agree, however much single maps differ?
+        average_rho = {class_names[i]: spearman(averages[a][i], averages[b][i]) for i in seen}
+        pair_numbers[f"{a} vs {b}"] = {
+            **_pair_means(s, count),
+            "average_map_spearman": {c: None if math.isnan(r) else r for c, r in average_rho.items()},
+        }
     numbers = {
         "method": method,
         "images": count,
         "images_per_class": {class_names[i]: int(per_class[i]) for i in seen},
-        "pairs": {f"{a} vs {b}": _pair_means(s, count) for (a, b), s in sums.items()},
+        "pairs": pair_numbers,
     }
     return {
         "numbers": numbers,

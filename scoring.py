@@ -103,7 +103,11 @@ def run_compare(args: argparse.Namespace) -> list[Path]:
     numbers = result["numbers"]
     for pair, values in numbers["pairs"].items():
         rho = "n/a" if values["spearman"] is None else f"{values['spearman']:.3f}"
+        averages = ", ".join(
+            f"{name} {'n/a' if r is None else f'{r:.3f}'}" for name, r in values["average_map_spearman"].items()
+        )
         print(f"{pair}: mean Spearman rho {rho}, mean top-10% IoU {values['top10_iou']:.3f}")
+        print(f"{pair}: Spearman rho of the per-class average maps: {averages}")
     outputs = Outputs(args.out, args.save_npz)
     outputs.json(numbers, "compare")
     arrays = {f"{m}_{c}": a for m, per in result["maps"].items() for c, a in per.items()}

@@ -414,6 +414,13 @@ def test_compare_models_agrees_with_itself_and_not_with_a_scrambled_copy(cells: 
     # The uninfected cells' maps are flat (no purple anywhere): rho is undefined there, so not averaged.
     assert same["spearman_images"] == 4
     assert numbers["pairs"]["right vs scrambled"]["top10_iou"] < 0.5
+    assert same["average_map_spearman"]["Parasitized"] == pytest.approx(1.0)
+    scrambled_average = numbers["pairs"]["right vs scrambled"]["average_map_spearman"]["Parasitized"]
+    expected = evaluation.spearman(
+        torch.from_numpy(result["maps"]["right"]["Parasitized"]),
+        torch.from_numpy(result["maps"]["scrambled"]["Parasitized"]),
+    )
+    assert scrambled_average == pytest.approx(expected) and scrambled_average < 0.99
     assert set(result["maps"]) == set(models)
     for maps in result["maps"].values():
         assert set(maps) == {"Uninfected", "Parasitized"}
