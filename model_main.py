@@ -112,7 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--augment",
         choices=augmentations.CHOICES,
         default="auto",
-        help="training augmentation (auto: flips and 90-degree turns for cells, flip/zoom/colour for faces)",
+        help="training augmentation (auto: flips and 90-degree turns for cells, horizontal flips for faces; "
+        "faces: flips plus small crops, scales and colour jitter)",
     )
     optimisation.add_argument(
         "--no-augment", dest="augment", action="store_const", const="none", help="the same as --augment none"
