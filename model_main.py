@@ -389,7 +389,7 @@ def train(args: argparse.Namespace, dist: DistInfo | None = None) -> dict | None
     report["settings"]["preprocess"] = preprocess
     if dist.enabled:
         report["settings"]["processes"] = dist.world_size
-    report["history"] = history
+    report["history"] = trainer.history  # every epoch, also those before a resume
     metrics_path = checkpoint.with_suffix(".metrics.json")
     if history or not metrics_path.exists():
         # A rerun of a finished run trains nothing: keep the metrics of the run that did.

@@ -325,6 +325,7 @@ class CheckpointTrainer(Trainer):
         self.seed = seed
         self.ep = 0
         self.best_val_acc: float | None = 0.0
+        self.history: list[dict[str, Any]] = []  # every epoch's row, kept across resumes for the metrics file
         if resume and self.chkpt_path.exists():
             self._resume()
 
@@ -354,6 +355,7 @@ class CheckpointTrainer(Trainer):
             first = str(error).strip().strip("'\"").splitlines()[0]
             raise CheckpointError(f"{self.chkpt_path}: does not match this network, cannot resume ({first})") from None
         self.ep = int(checkpoint["epoch"])
+        self.history = [dict(row) for row in checkpoint.get("history", [])]
         best = checkpoint.get("best_val_acc", 0.0)
         self.best_val_acc = None if best is None else float(best)
         if not self.dist.is_main:
@@ -374,6 +376,7 @@ class CheckpointTrainer(Trainer):
             "scheduler_state_dict": self.scheduler.state_dict(),
             "best_val_acc": self.best_val_acc,
             "epoch": self.ep,
+            "history": self.history,
             **self.metadata,
         }
         if self.ema is not None:
@@ -382,13 +385,15 @@ class CheckpointTrainer(Trainer):
 
     def _best_state(self) -> dict[str, Any]:
         """What `<name>.best.pt` holds: the judged weights and the metadata, no resume state."""
-        resume_only = ("optim_state_dict", "scheduler_state_dict", "ema_state_dict")
+        resume_only = ("optim_state_dict", "scheduler_state_dict", "ema_state_dict", "history")
         best = {k: v for k, v in self._state().items() if k not in resume_only}
         best["net_state_dict"] = self.evaluated.state_dict()
         return best
 
     def train(self, loader_train: Iterable, loader_val: Iterable | None) -> list[dict[str, Any]]:
-        """Run the epochs still missing up to self.epochs; returns one history row per epoch run.
+        """Run the epochs still missing up to self.epochs; returns one history row per epoch run now.
+
+        `self.history` holds the rows of every epoch, those of earlier runs that this one resumed included.
 
         With `loader_val` None there is nothing to choose by: every epoch's weights
         replace the best ones, so the last epoch's count, and best_val_acc is None.
@@ -418,6 +423,7 @@ class CheckpointTrainer(Trainer):
                 improved, self.best_val_acc = True, None
             self.scheduler.step()
             self.ep += 1
+            self.history.append(row)
             if self.dist.is_main:
                 save_checkpoint(self._state(), self.chkpt_path)
                 if improved:
