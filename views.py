@@ -23,6 +23,7 @@ from model_data import (
     DatasetError,
     GenderSet,
     ImageError,
+    MalariaSet,
     list_images,
     load_image,
     original_image,
@@ -599,12 +600,14 @@ def demo_cells(folder: Path = DEMO_DIR) -> list[tuple[Path, str]]:
 
 
 def manifest_cells(model: LoadedModel, data_dir: Path, seed: int, per_class: int = 10) -> list[tuple[Path, str]]:
-    """`per_class` seeded test cells per class from the model's test-split manifest, found in data_dir."""
+    """`per_class` seeded test cells per class from the model's test-split manifest, found in data_dir.
+
+    When the manifest is missing, or none of its cells are in data_dir (a user's own cells),
+    they come from data_dir's own test split instead: `split_cells`.
+    """
     manifest = model_manifest(model)
     if manifest is None:
-        raise DatasetError(
-            f"{model.path.name}: no test-split manifest beside it or in data/; train it with model_main.py"
-        )
+        return split_cells(data_dir, seed, per_class, f"{model.path.name} has no test-split manifest")
     listed = json.loads(manifest.read_text())
     rng = np.random.default_rng(seed)
     picked: list[tuple[Path, str]] = []
@@ -615,11 +618,30 @@ def manifest_cells(model: LoadedModel, data_dir: Path, seed: int, per_class: int
         if folder is None:
             raise DatasetError(f"{data_dir}: expected {cls}/ (or cell_images/{cls}/) in it")
         present = [name for name in chosen if (folder / name).is_file()]
-        if len(present) < len(chosen):
+        if present and len(present) < len(chosen):
             print(f"note: {len(chosen) - len(present)} {cls} test cells of {manifest.name} are not in {folder}")
         picked += [(folder / name, cls) for name in present]
     if not picked:
-        raise DatasetError(f"{data_dir}: none of the test cells listed in {manifest} are there")
+        return split_cells(data_dir, seed, per_class, f"none of the test cells listed in {manifest.name} are there")
+    return picked
+
+
+def split_cells(data_dir: Path, seed: int, per_class: int, why: str) -> list[tuple[Path, str]]:
+    """`per_class` seeded cells per class of data_dir's own test split (the trainer's patient rule), else of all."""
+    dataset = MalariaSet(data_dir, "test")
+    where = "its own test split (patients picked by the same rule as in training)"
+    if not dataset.samples:
+        dataset = MalariaSet(data_dir, "all")
+        where = "all its cells (none of its patients falls in the test split: the model may have seen them)"
+    print(f"note: {why}: the demo cells come from {where}")
+    rng = np.random.default_rng(seed)
+    picked: list[tuple[Path, str]] = []
+    for cls in ("Parasitized", "Uninfected"):
+        label = MalariaSet.CLASSES.index(cls)
+        paths = sorted(path for path, target in dataset.samples if target == label)
+        picked += [(paths[i], cls) for i in sorted(rng.permutation(len(paths))[:per_class])]
+    if not picked:
+        raise DatasetError(f"{data_dir}: no cells in Parasitized/ or Uninfected/")
     return picked
 
 
