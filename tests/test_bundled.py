@@ -60,6 +60,38 @@ def test_bundled_checkpoints_load_and_are_small(name: str) -> None:
     assert metrics["accuracy"] > 0.9
 
 
+def test_bundled_gender_model_is_small_fp32_and_crops_faces() -> None:
+    path = BUNDLED / "model_gender_last.pt"
+    assert path.stat().st_size <= 5 * 1024 * 1024
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert {"net_state_dict", "best_val_acc", "epoch"} <= raw.keys() and "optim_state_dict" not in raw
+    assert all(v.dtype in (torch.float32, torch.int64) for v in raw["net_state_dict"].values())
+    model = load_model(path)
+    assert model.kind == "last" and model.class_names == ["Female", "Male"]
+    assert model.image_size == 128 and model.preprocess == "center-crop"
+    metrics = json.loads((BUNDLED / "model_gender_last.metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.9 and metrics["images"] == 600
+    # The split it was scored on: all 600 shared test faces (CelebA's identity-disjoint test partition).
+    listed = json.loads((BUNDLED / "model_gender_last.test_files.json").read_text())
+    assert sum(len(names) for names in listed.values()) == 600
+
+
+@pytest.mark.slow
+def test_gender100_finds_the_bundled_gender_model(tmp_path: Path, gender_root: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "where_to_look.py", "gender100", "--data-dir", str(gender_root), "--count", "3"]
+        + ["--out", str(tmp_path), "--models-dir", str(tmp_path / "no_models_here")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "MPLBACKEND": "Agg"},
+    )
+    assert run.returncode == 0, run.stderr
+    assert "model: models/bundled/model_gender_last.pt (bundled)" in run.stdout
+    assert (tmp_path / "gender100.png").is_file() and (tmp_path / "gender_overlay.png").is_file()
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_the_visualizer_finds_the_bundled_manifests(name: str) -> None:
     manifest = views.model_manifest(load_model(BUNDLED / f"{name}.pt"))
