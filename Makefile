@@ -34,6 +34,8 @@ format: $(STAMP)
 benchmark: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/cam_speed.py
+	$(PY) benchmarks/feature_speed.py
+	$(PY) benchmarks/cli_start.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .mypy_cache .ruff_cache .hypothesis

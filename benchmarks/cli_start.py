@@ -45,7 +45,7 @@ picture = Image.open({image!r}).convert("RGB")
 x = torch.from_numpy(np.array(picture.resize((128, 128), Image.Resampling.BILINEAR))).permute(2, 0, 1)
 with torch.no_grad():
     logits, features = network(x[None].float() / 255, return_cam=True)
-cam = torch.einsum("bkhw,k->bhw", features, network.classifier[-1].weight[int(logits.argmax())])
+    cam = torch.einsum("bkhw,k->bhw", features, network.classifier[-1].weight[int(logits.argmax())])
 fig = Figure()
 ax = fig.subplots()
 ax.imshow(np.asarray(picture))

@@ -1,0 +1,145 @@
+"""Every command line of README.md and models/bundled/README.md runs as printed, on a fresh clone.
+
+The lines come from the READMEs' ```bash blocks, in order, with generated data in place of
+the placeholders (DATA: cells in the Kaggle layout, MY_CELLS: a few patients' cells, FACES:
+faces in the Kaggle layout, cell.png, cells/, face.jpg). `make` lines are left out: `make test`
+is what CI runs around this very test, `make demo` is `python where_to_look.py demo` plus the
+install, and `make benchmark` times the machine. Each line runs in the clone's root with empty
+stdin (a question would end the run), must exit 0, and at the end `git status --porcelain`
+of the clone must be empty: no command writes into the repository's tracked files.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, build_gender, build_malaria, cell_image, face_image, git_status, throwaway_clone
+
+READMES = (REPO / "README.md", REPO / "models" / "bundled" / "README.md")
+BLOCK = re.compile(r"```bash\n(.*?)```", re.DOTALL)
+
+
+def command_lines(readme: Path) -> list[str]:
+    """The commands of a README's bash blocks: comments dropped, continuation lines joined, make left out."""
+    lines: list[str] = []
+    for block in BLOCK.findall(readme.read_text()):
+        for line in block.replace("\\\n", " ").splitlines():
+            command = line.split(" #", 1)[0].strip()
+            if command and not command.startswith(("#", "make ")):
+                lines.append(command)
+    return lines
+
+
+def test_the_readmes_have_commands_and_every_one_parses() -> None:
+    """Every line is a command of this project with flags its parser knows (checked without running it)."""
+    sys.path.insert(0, str(REPO))
+    import model_main
+    import where_to_look
+
+    for readme in READMES:
+        lines = command_lines(readme)
+        assert lines, f"{readme} has no commands"
+        for line in lines:
+            words = shlex.split(line.split("|")[-1])
+            while words and words[0] in ("python", "torchrun") or (words and words[0].startswith("--")):
+                words.pop(0)
+            script, arguments = words[0], words[1:]
+            assert script in ("model_main.py", "where_to_look.py") or script.startswith("benchmarks/"), line
+            if script == "model_main.py":
+                model_main.parse_args(arguments)
+            elif script == "where_to_look.py":
+                where_to_look.parse_args(arguments)
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+@pytest.fixture
+def served_checkpoint(tmp_path: Path):
+    """A local HTTP server holding a real checkpoint, as the published weights would be: WTL_WEIGHTS_URL."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    shutil.copy(REPO / "models" / "bundled" / "model_malaria_last.pt", folder / "model_malaria_last.pt")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/model_malaria_last.pt"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def placeholders(root: Path) -> dict[str, str]:
+    """Generated data for every placeholder the READMEs use."""
+    rng = np.random.default_rng(0)
+    data = build_malaria(root / "malaria", patients=range(1, 25))
+    my_cells = root / "my_cells"
+    for offset, name in ((0, "Parasitized"), (100, "Uninfected")):
+        (my_cells / name).mkdir(parents=True)
+        for patient in range(1, 4):
+            for k in range(10):
+                image = cell_image(rng, name == "Parasitized", 48)
+                image.save(my_cells / name / f"C{patient + offset}P{patient}ThinF_IMG_1_cell_{k}.png")
+    faces = root / "faces"
+    build_gender(faces)
+    cells = root / "cells"
+    cells.mkdir()
+    for k in range(3):
+        cell_image(rng, k % 2 == 0, 52).save(cells / f"cell_{k}.png")
+    face_image(rng, 1, 60).save(root / "face.jpg")
+    return {
+        "MY_CELLS": str(my_cells),
+        "DATA": str(data),
+        "FACES": str(faces),
+        "cell.png": str(cells / "cell_0.png"),
+        "cells/": str(cells) + "/",
+        "face.jpg": str(root / "face.jpg"),
+    }
+
+
+def substitute(line: str, values: dict[str, str]) -> str:
+    """The line with each placeholder (a whole word) replaced by its generated path."""
+    for key, value in values.items():
+        line = re.sub(rf"(?<![\w/.-]){re.escape(key)}(?![\w])", value, line)
+    return line
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_every_readme_command_runs_on_a_fresh_clone(tmp_path: Path, served_checkpoint: str) -> None:
+    clone = throwaway_clone(tmp_path / "clone")
+    values = placeholders(tmp_path / "data")
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        MPLBACKEND="Agg",
+        OMP_NUM_THREADS="1",
+        WTL_WEIGHTS_URL=served_checkpoint,  # `download` fetches from here instead of Google Drive
+    )
+    ran = 0
+    for readme in READMES:
+        for line in command_lines(readme):
+            command = substitute(line, values)
+            result = subprocess.run(
+                ["bash", "-c", command], cwd=clone, env=env, input="", capture_output=True, text=True, timeout=1800
+            )
+            assert result.returncode == 0, (
+                f"{readme.name}: {line}\nexit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+            )
+            assert "Traceback" not in result.stderr, line
+            ran += 1
+    assert ran >= 20
+    assert git_status(clone) == "", "a README command changed the repository's tracked files"
