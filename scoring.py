@@ -64,9 +64,7 @@ def run_evaluate(args: argparse.Namespace) -> list[Path]:
         faithful_images=args.faithful_images,
     )
     result.update(model=describe(model), data_dir=str(args.data_dir), split=args.split)
-    print(evaluation.format_table(result))
-    if "sanity" in result:
-        print(evaluation.format_sanity(result["sanity"]))
+    print(evaluation.format_table(result))  # with the sanity check's table when it ran
     stem = f"evaluate_{checkpoint_name(model.path)}_{args.split}"
     outputs.json(result, stem)
     outputs.save(charts.metrics_chart(result, f"{model.path.name} on {args.split} ({args.data_dir})"), stem)
