@@ -68,6 +68,14 @@ def _unpickling_reason(error: pickle.UnpicklingError) -> str:
     return "unsafe or unknown content"
 
 
+def holds_training_state(path: str | Path) -> bool:
+    """Whether `path` is a resumable checkpoint (optimizer state inside): a model someone trained, not a download."""
+    try:
+        return Path(path).is_file() and "optim_state_dict" in load_checkpoint(path)
+    except CheckpointError:
+        return False  # unreadable: nothing worth keeping
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with weights_only=True (a downloaded file must not run code)."""
     path = Path(path)
@@ -257,6 +265,14 @@ def download_weights(url: str | None, dest: Path, quiet: bool = False) -> list[P
         installed: list[Path] = []
         for target_name, candidate in valid.items():
             target = dest / target_name
+            if holds_training_state(target):
+                # A run the user trained (resumable): a download must never destroy it.
+                print(
+                    f"kept {target}: it holds a training run's state, so the downloaded {target_name} was not "
+                    "installed over it (pass --models-dir DIR to install the download elsewhere)",
+                    file=sys.stderr,
+                )
+                continue
             try:
                 dest.mkdir(parents=True, exist_ok=True)
                 os.chmod(candidate, 0o644)  # gdown's temporary files are private; a model is no secret

@@ -695,6 +695,22 @@ def test_download_command_installs(weights_server, tmp_path):
     assert not list(tmp_path.glob(".wtl-download-*"))
 
 
+def test_download_never_replaces_a_model_the_user_trained(weights_server, trained, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    mine = models / "model_malaria_last.pt"
+    # The resumable checkpoint model_main.py wrote beside best.pt: optimizer state inside.
+    shutil.copy(trained["malaria_last"].with_name("model_malaria_last.pt"), mine)
+    before = mine.read_bytes()
+    result = ok(wtl("download", "--weights-url", weights_server["url"], "--models-dir", models, cwd=tmp_path))
+    assert mine.read_bytes() == before
+    assert f"kept {mine}: it holds a training run's state" in result.stderr
+    # A weights-only file (an earlier download) is replaced as before.
+    mine.write_bytes(weights_server["file"].read_bytes()[:-1] + b"x")
+    ok(wtl("download", "--weights-url", weights_server["url"], "--models-dir", models, cwd=tmp_path))
+    assert mine.read_bytes() == weights_server["file"].read_bytes()
+
+
 def test_download_from_a_closed_port(tmp_path):
     models = tmp_path / "models"
     url = f"http://127.0.0.1:{closed_port()}/model_malaria_last.pt"
