@@ -293,8 +293,7 @@ def block_probabilities(network: nn.Module, images: Tensor, classes: Tensor, blo
     """
     if isinstance(network, NetworkMultiLoss):
         return cams.explain_every_block(network, images, classes).block_probabilities
-    final = network(images).softmax(dim=1).gather(1, classes[:, None])
-    return final.expand(-1, blocks).clone()
+    return cams.block_probabilities([network(images)] * blocks, classes)
 
 
 def view_heatmaps(

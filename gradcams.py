@@ -291,16 +291,3 @@ def block_layers(model: nn.Module) -> list[nn.Module]:
     if isinstance(model, NetworkMultiLoss):
         return [model.relu1, model.relu2, model.relu3, model.relu4]
     raise TypeError(f"{type(model).__name__} is not one of Where to look's networks; name its layers instead")
-
-
-def fuse_maps(
-    maps: list[Tensor],
-    size: int | tuple[int, ...],
-    rule: str | None = None,
-    block_probabilities: Tensor | None = None,
-) -> Tensor:
-    """Fuse per-block maps (each (B, h_i, w_i)) into one (B, H, W) in [0, 1]: cams.fuse at `size`.
-
-    The rule defaults to cams.DEFAULT_FUSION; cams.FUSION_RULES lists the others and their formulas.
-    """
-    return cams.fuse(maps, size, rule or cams.DEFAULT_FUSION, block_probabilities)

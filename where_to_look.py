@@ -62,8 +62,8 @@ def _positive(text: str) -> int:
     return value
 
 
-def _output_flags(p: argparse.ArgumentParser, npz: bool = True) -> None:
-    p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the PNGs (default outputs/)")
+def _output_flags(p: argparse.ArgumentParser, npz: bool = True, out: Path = Path("outputs")) -> None:
+    p.add_argument("--out", type=Path, default=out, help=f"folder for the PNGs (default {out}/)")
     if npz:
         p.add_argument("--save-npz", action="store_true", help="also write the numbers beside each PNG")
     p.add_argument("--show", action="store_true", help="also open windows (where a display exists)")
@@ -187,9 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="use this checkpoint instead of the bundled ones")
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto picks CUDA, then MPS, then CPU")
     p.add_argument("--models-dir", type=Path, default=PROJECT / "models", help=argparse.SUPPRESS)
-    p.add_argument("--out", type=Path, default=Path("outputs") / "demo", help="folder for the PNGs (outputs/demo/)")
-    p.add_argument("--save-npz", action="store_true", help="also write the numbers beside each PNG")
-    p.add_argument("--show", action="store_true", help="also open windows (where a display exists)")
+    _output_flags(p, out=Path("outputs") / "demo")
 
     p = command(
         "evaluate",

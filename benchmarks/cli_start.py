@@ -29,32 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 TARGET = 1.3
 
 # The floor for `single`: the same work with nothing but torch, matplotlib and Pillow.
-BARE_SINGLE = """
-import sys
-import numpy as np
-import torch
-from matplotlib.figure import Figure
-from PIL import Image
-sys.path.insert(0, {repo!r})
-from model_network import Network
-checkpoint = torch.load({model!r}, map_location="cpu", weights_only=True)
-network = Network(2)
-network.load_state_dict(checkpoint["net_state_dict"])
-network.eval()
-picture = Image.open({image!r}).convert("RGB")
-x = torch.from_numpy(np.array(picture.resize((128, 128), Image.Resampling.BILINEAR))).permute(2, 0, 1)
-with torch.no_grad():
-    logits, features = network(x[None].float() / 255, return_cam=True)
-    cam = torch.einsum("bkhw,k->bhw", features, network.classifier[-1].weight[int(logits.argmax())])
-fig = Figure()
-ax = fig.subplots()
-ax.imshow(np.asarray(picture))
-ax.imshow(cam[0].numpy(), alpha=0.5, extent=(0, picture.width, picture.height, 0))
-fig.savefig({out!r})
-"""
-
-# The floor for `gender100`: decode every face, forward in batches of 32, one figure.
-BARE_GENDER = """
+# What both floors start with: the three libraries, and the checkpoint loaded into its network.
+BARE_START = """
 import sys
 from pathlib import Path
 import numpy as np
@@ -67,6 +43,28 @@ checkpoint = torch.load({model!r}, map_location="cpu", weights_only=True)
 network = Network(2)
 network.load_state_dict(checkpoint["net_state_dict"])
 network.eval()
+"""
+
+BARE_SINGLE = (
+    BARE_START
+    + """
+picture = Image.open({image!r}).convert("RGB")
+x = torch.from_numpy(np.array(picture.resize((128, 128), Image.Resampling.BILINEAR))).permute(2, 0, 1)
+with torch.no_grad():
+    logits, features = network(x[None].float() / 255, return_cam=True)
+    cam = torch.einsum("bkhw,k->bhw", features, network.classifier[-1].weight[int(logits.argmax())])
+fig = Figure()
+ax = fig.subplots()
+ax.imshow(np.asarray(picture))
+ax.imshow(cam[0].numpy(), alpha=0.5, extent=(0, picture.width, picture.height, 0))
+fig.savefig({out!r})
+"""
+)
+
+# The floor for `gender100`: decode every face, forward in batches of 32, one figure.
+BARE_GENDER = (
+    BARE_START
+    + """
 def load(path):
     picture = Image.open(path).convert("RGB")
     side = min(picture.size)
@@ -84,6 +82,7 @@ fig = Figure()
 fig.subplots().imshow(total.numpy())
 fig.savefig({out!r})
 """
+)
 
 
 def make_faces(root: Path, count: int) -> Path:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -185,6 +186,20 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def randomise_batch_norm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, so eval-mode BN is not the identity."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+                module.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
+    return model
 
 
 def throwaway_clone(dest: Path, leave_out: Sequence[str] = ()) -> Path:

@@ -76,16 +76,30 @@ def test_bundled_gender_model_is_small_fp32_and_crops_faces() -> None:
     assert sum(len(names) for names in listed.values()) == 600
 
 
-@pytest.mark.slow
-def test_gender100_finds_the_bundled_gender_model(tmp_path: Path, gender_root: Path) -> None:
-    run = subprocess.run(
-        [sys.executable, "where_to_look.py", "gender100", "--data-dir", str(gender_root), "--count", "3"]
-        + ["--out", str(tmp_path), "--models-dir", str(tmp_path / "no_models_here")],
+def where_to_look(*args: str) -> subprocess.CompletedProcess:
+    """The visualizer as a user runs it from the repository's root, headless."""
+    return subprocess.run(
+        [sys.executable, "where_to_look.py", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=240,
         env={**os.environ, "MPLBACKEND": "Agg"},
+    )
+
+
+@pytest.mark.slow
+def test_gender100_finds_the_bundled_gender_model(tmp_path: Path, gender_root: Path) -> None:
+    run = where_to_look(
+        "gender100",
+        "--data-dir",
+        str(gender_root),
+        "--count",
+        "3",
+        "--out",
+        str(tmp_path),
+        "--models-dir",
+        str(tmp_path / "no_models_here"),
     )
     assert run.returncode == 0, run.stderr
     assert "model: models/bundled/model_gender_last.pt (bundled)" in run.stdout
@@ -127,14 +141,7 @@ def test_demo_predictions_are_stable() -> None:
 
 @pytest.mark.slow
 def test_demo_command_renders_everything(tmp_path: Path) -> None:
-    run = subprocess.run(
-        [sys.executable, "where_to_look.py", "demo", "--out", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**os.environ, "MPLBACKEND": "Agg"},
-    )
+    run = where_to_look("demo", "--out", str(tmp_path))
     assert run.returncode == 0, run.stderr
     assert "18 of 20 demo cells classified correctly" in run.stdout
     pngs = {p.name for p in tmp_path.glob("*.png")}

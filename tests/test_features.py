@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import randomise_batch_norm
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -27,16 +28,7 @@ def random_network(kind: str, seed: int = 0, dtype: torch.dtype = torch.float32)
     """Random weights and random BN statistics (so eval-mode BN is not the identity), in eval mode."""
     torch.manual_seed(seed)
     network = Network() if kind == "last" else NetworkMultiLoss()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in network.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-                module.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
-    return network.to(dtype).eval()
+    return randomise_batch_norm(network, seed).to(dtype).eval()
 
 
 def identity_batch_norm(network: nn.Module) -> None:

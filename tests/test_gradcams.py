@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torchvision
+from conftest import randomise_batch_norm
 from torch import nn
 
 import cams
@@ -17,20 +18,6 @@ import gradcams
 from model_network import Network, NetworkMultiLoss
 
 GRADIENT_METHODS = [name for name in gradcams.METHODS if name != "scorecam"]
-
-
-def randomise_batch_norm(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial running statistics and affine parameters, so eval-mode BN is not the identity."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-                module.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
-    return model
 
 
 def network(kind: str = "last", seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
@@ -282,22 +269,21 @@ def test_every_block_of_both_networks_has_a_map_of_its_resolution() -> None:
         model, x = network(kind, dtype=torch.float32), images(2, 32, dtype=torch.float32)
         maps = [gradcams.LayerCAM(model, layer)(x, 1).maps for layer in gradcams.block_layers(model)]
         assert [m.shape[-1] for m in maps] == [16, 8, 4, 2]
-        fused = gradcams.fuse_maps(maps, 32)
+        fused = cams.fuse(maps, 32)
         assert fused.shape == (2, 32, 32) and fused.min() >= 0 and fused.max() <= 1
 
 
-def test_fuse_maps_is_cams_fuse_and_its_max_keeps_what_any_block_finds() -> None:
+def test_the_max_fusion_keeps_what_any_block_finds() -> None:
     coarse = torch.zeros((1, 2, 2))
     coarse[0, 0, 0] = 1.0
     fine = torch.zeros((1, 8, 8))
     fine[0, 6, 6] = 5.0  # only the fine block sees this spot; the max keeps it at full strength
-    fused = gradcams.fuse_maps([coarse, fine], 8, "max")
+    fused = cams.fuse([coarse, fine], 8, "max")
     assert fused.shape == (1, 8, 8)
     assert fused[0, 6, 6] == pytest.approx(1.0)
     torch.testing.assert_close(fused, cams.normalize(torch.maximum(cams.heatmap(coarse, 8), cams.heatmap(fine, 8))))
-    torch.testing.assert_close(gradcams.fuse_maps([coarse, fine], 8), cams.fuse([coarse, fine], 8, cams.DEFAULT_FUSION))
     with pytest.raises(ValueError):
-        gradcams.fuse_maps([], 8)
+        cams.fuse([], 8)
 
 
 def test_bad_targets_and_classes_are_refused() -> None:
