@@ -83,11 +83,6 @@ def metrics_chart(result: Mapping[str, Any], title: str = "") -> Figure:
     return fig
 
 
-def _two(value: float | None) -> str:
-    """Two decimals, or 'n/a' where a number is undefined."""
-    return "n/a" if value is None else f"{value:.2f}"
-
-
 def compare_figure(comparison: Mapping[str, Any], title: str = "") -> Figure:
     """Per class a row: each model's average map, then their pixel-wise std; pair numbers in the title.
 

@@ -882,12 +882,21 @@ def run_features(args: argparse.Namespace) -> list[Path]:
 
     head = features.block_head(network, args.block) is not None
     rank = None if head else torch.cat(list(picture_batches()))
-    channels, weights = features.class_channels(network, args.block, class_index, args.channels, rank)
-    source = "head weight" if head else f"mean Grad-CAM weight over the {len(pictures)} pictures"
-    maximizers, activations = features.maximize_channels(
-        network, args.block, channels, args.steps, args.seed, model.image_size
+    view = features.channel_view(
+        network,
+        args.block,
+        class_index,
+        args.channels,
+        rank,
+        picture_batches(),
+        args.examples,
+        args.steps,
+        args.seed,
+        model.image_size,
     )
-    examples = features.top_patches(network, args.block, channels, picture_batches(), args.examples)
+    channels, weights, activations, examples = view.channels, view.weights, view.activations, view.examples
+    assert examples is not None  # example pictures were given
+    source = "head weight" if head else f"mean Grad-CAM weight over the {len(pictures)} pictures"
     print(f"\n{'channel':>8}{source:>44}{'maximiser':>11}{'best real':>11}  (mean activation after the ReLU)")
     for i, channel in enumerate(channels.tolist()):
         best = float(examples.best_mean[i])
@@ -910,7 +919,7 @@ def run_features(args: argparse.Namespace) -> list[Path]:
         f"{stem}_class_{name}",
     )
     sheet = charts.channel_sheet(
-        maximizers.numpy(),
+        view.maximizers.numpy(),
         activations.tolist(),
         examples.patches.numpy(),
         examples.activations.numpy(),
@@ -920,13 +929,7 @@ def run_features(args: argparse.Namespace) -> list[Path]:
         f"{model.path.name}, block {args.block}: the {len(channels)} channels with the largest {source} for {name}",
     )
     numbers = {
-        "channels": channels.numpy(),
-        "weights": weights.numpy(),
-        "maximizers": maximizers.numpy(),
-        "activations": activations.numpy(),
-        "examples": examples.patches.numpy(),
-        "example_activations": examples.activations.numpy(),
-        "best_real_activations": examples.best_mean.numpy(),
+        **view.arrays(),
         "filters": kernels.numpy(),
         "class_maximizer": class_images.numpy(),
         "class_maximizer_logits": class_logits.numpy(),
