@@ -1,5 +1,5 @@
 # make demo: set up .venv (once) and render heatmaps of the bundled demo cells, offline.
-# make test: set up .venv (once), lint, then run the whole test suite.
+# make test: set up .venv (once), lint (ruff, mypy, the import layers), then run the whole test suite.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -20,6 +20,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 test: lint
 	MPLBACKEND=Agg $(PY) -m pytest

@@ -9,10 +9,11 @@ One run times, after warm-up, with the median of --repeats (candidate and baseli
 alternate within each repeat, so both see the same machine load):
 
 - cams.explain_last_block against the same Network's bare forward pass (no_grad): target <= 1.05
+- wtl.explain (the Python API: a tensor batch in, a Result with the maps out) against the same: target <= 1.05
 - cams.explain_every_block against the same NetworkMultiLoss's bare forward pass: target <= 1.05
 - each Grad-CAM method against the floor of the same batch's forward + backward: target <= 1.1
 - Score-CAM's images/s (it runs one forward pass per channel and image: no target)
-- views.gender100_maps on 200 generated faces (100 per class, JPEG) against the
+- evaluation.gender100.gender100_maps on 200 generated faces (100 per class, JPEG) against the
   floor of decoding them (model_data.load_image) and forwarding them: target <= 1.3
 
 Thread count: torch's default (torch.set_num_threads is left as is).
@@ -36,13 +37,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cams  # noqa: E402
-import gradcams  # noqa: E402
-from model_data import GenderSet, load_image  # noqa: E402
-from model_network import BLOCK_CHANNELS, Network, NetworkMultiLoss  # noqa: E402
-from runtime import pick_device  # noqa: E402
-from views import gender100_maps  # noqa: E402
-from weights import LoadedModel, load_model  # noqa: E402
+import wtl  # noqa: E402
+from wtl.checkpoints.loading import LoadedModel, load_model  # noqa: E402
+from wtl.data.datasets import GenderSet  # noqa: E402
+from wtl.data.images import load_image  # noqa: E402
+from wtl.evaluation.gender100 import gender100_maps  # noqa: E402
+from wtl.maps import cam as cams  # noqa: E402
+from wtl.maps import gradcam as gradcams  # noqa: E402
+from wtl.nets.seed import BLOCK_CHANNELS, Network, NetworkMultiLoss  # noqa: E402
+from wtl.runtime import pick_device  # noqa: E402
 
 CAM_TARGET = 1.05
 GRADCAM_TARGET = 1.1
@@ -168,6 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda: cams.explain_last_block(last, images), bare(last), device, args.warmup, args.repeats
     )
     report("cams.explain_last_block", seconds, "bare forward", base, ratio, CAM_TARGET)
+    api_model = models["last"]
+    seconds, base, ratio = paired(
+        lambda: wtl.explain(api_model, images, batch_size=args.batch), bare(last), device, args.warmup, args.repeats
+    )
+    report("wtl.explain (tensor batch)", seconds, "bare forward", base, ratio, CAM_TARGET)
     seconds, base, ratio = paired(
         lambda: cams.explain_every_block(every, images), bare(every), device, args.warmup, args.repeats
     )
@@ -213,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return None
 
         seconds, base, ratio = paired(
-            lambda: gender100_maps(model, root, args.gender_count, 0, None, device),
+            lambda: gender100_maps(model, root, args.gender_count, 0, None, "cam", 32),
             floor,
             device,
             1,

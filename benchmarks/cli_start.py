@@ -8,7 +8,8 @@ candidate is `python where_to_look.py ...` as a user types it; the floor is a ba
 script that imports torch, matplotlib and Pillow, loads the same checkpoint, decodes
 the same pictures, runs the same forward passes and saves one figure. Both run as
 fresh processes, alternating, --repeats times; the ratio of the medians is printed.
-Target: <= 1.3 for `single` on one cell and for `gender100` on 200 faces.
+Target: <= 1.3 for `single` on one cell and for `gender100` on 200 faces. And `--help`, which
+must not import torch: under 0.2 s in all, printed beside a bare interpreter's start (`python -c pass`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 1.3
+HELP_TARGET_S = 0.2
 
 # The floor for `single`: the same work with nothing but torch, matplotlib and Pillow.
 # What both floors start with: the three libraries, and the checkpoint loaded into its network.
@@ -134,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gender-model", type=Path, default=REPO / "models" / "bundled" / "model_gender_last.pt")
     args = p.parse_args(argv)
     python = sys.executable
+    help_times = [timed([python, "where_to_look.py", "--help"]) for _ in range(args.repeats)]
+    bare_times = [timed([python, "-c", "pass"]) for _ in range(args.repeats)]
+    helped, bare = statistics.median(help_times), statistics.median(bare_times)
+    verdict = "ok" if helped < HELP_TARGET_S else f"ABOVE the target {HELP_TARGET_S} s"
+    print(f"{'--help':<34} where_to_look.py {helped:6.2f} s   python -c pass {bare:6.2f} s   ({verdict})")
     cell = sorted((REPO / "data" / "demo" / "Parasitized").iterdir())[0]
     with tempfile.TemporaryDirectory(prefix="cli-start-") as folder:
         work = Path(folder)

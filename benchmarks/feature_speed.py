@@ -14,7 +14,7 @@ alternate within each repeat, so both see the same machine load):
   (K images) through the same blocks, on a plain pixel tensor with a plain gradient step.
   Target: ratio <= 1.25, and block 3 with K = 8 at the default steps in under a minute.
 
-Both run in channels_last with the parameters' requires_grad off (what features.py does); wall
+Both run in channels_last with the parameters' requires_grad off (what wtl.features does); wall
 seconds and the process's CPU seconds are printed, since a busy machine inflates only the first.
 Thread count: torch's default (torch.set_num_threads is left as is). On a busy machine also run it
 with OMP_NUM_THREADS=1: there two threads that wait for each other time the load, not the code.
@@ -34,10 +34,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import features  # noqa: E402
-from model_network import Network, NetworkMultiLoss  # noqa: E402
-from runtime import pick_device  # noqa: E402
-from weights import load_model  # noqa: E402
+from wtl.checkpoints.loading import load_model  # noqa: E402
+from wtl.features import maximise  # noqa: E402
+from wtl.features import stages as feature_stages  # noqa: E402
+from wtl.nets.seed import Network, NetworkMultiLoss  # noqa: E402
+from wtl.runtime import pick_device  # noqa: E402
 
 BUNDLED = Path(__file__).resolve().parents[1] / "models" / "bundled" / "model_malaria_last.pt"
 RATIO_TARGET = 1.25
@@ -63,14 +64,14 @@ def floor_loop(
     network: Network | NetworkMultiLoss, block: int, channels: torch.Tensor, steps: int, size: int, device: torch.device
 ) -> Callable[[], object]:
     """The bare loop: steps x (forward through blocks 1..block, backward to the pixels, x += lr * g)."""
-    stages = features.block_stages(network)[:block]
+    stages = feature_stages.block_stages(network)[:block]
     rows = torch.arange(len(channels), device=device)
     picked = channels.to(device)
 
     def run() -> object:
         pixels = torch.rand((len(channels), 3, size, size), device=device).contiguous(memory_format=torch.channels_last)
         pixels.requires_grad_(True)
-        with features.frozen(network):
+        with feature_stages.frozen(network):
             for _ in range(steps):
                 x = pixels
                 for index, stage in enumerate(stages):
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=BUNDLED, help="checkpoint (default: the bundled last-block one)")
     parser.add_argument("--block", type=int, default=3)
     parser.add_argument("--channels", type=int, default=8, help="K, the batch of images (default 8)")
-    parser.add_argument("--steps", type=int, default=features.DEFAULT_STEPS)
+    parser.add_argument("--steps", type=int, default=maximise.DEFAULT_STEPS)
     parser.add_argument("--size", type=int, default=0, help="pixels (default: the model's input size)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="auto")
@@ -115,11 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     def candidate() -> object:
-        return features.maximize_channels(network, args.block, channels, steps=args.steps, size=size)
+        return maximise.maximize_channels(network, args.block, channels, steps=args.steps, size=size)
 
     floor = floor_loop(network, args.block, channels, args.steps, size, device)
     # Warm-up: a few steps of each (allocator, oneDNN kernels).
-    features.maximize_channels(network, args.block, channels, steps=2, size=size)
+    maximise.maximize_channels(network, args.block, channels, steps=2, size=size)
     floor_loop(network, args.block, channels, 2, size, device)()
     times: dict[str, list[tuple[float, float]]] = {"candidate": [], "floor": []}
     ratios = []

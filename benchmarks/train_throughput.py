@@ -40,11 +40,12 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import distributed  # noqa: E402
-from model_data import DatasetCache, MalariaSet  # noqa: E402
-from model_network import build_network  # noqa: E402
-from model_trainer import Trainer, pick_amp_dtype  # noqa: E402
-from runtime import pick_device  # noqa: E402
+from wtl.data.cache import DatasetCache  # noqa: E402
+from wtl.data.datasets import MalariaSet  # noqa: E402
+from wtl.nets.seed import build_network  # noqa: E402
+from wtl.runtime import pick_device  # noqa: E402
+from wtl.training import distributed  # noqa: E402
+from wtl.training.trainer import Trainer, pick_amp_dtype  # noqa: E402
 
 TARGET_RATIO = 0.9
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import augment
+from wtl.data import augment
 
 
 def gradient_faces(n: int = 16, size: int = 12) -> torch.Tensor:

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import cams
-import views
-from model_data import list_images, load_image, patient_id, split_of_group
-from weights import load_model
+from wtl import resources
+from wtl.checkpoints import finding
+from wtl.checkpoints.loading import load_model
+from wtl.data.groups import patient_id, split_of_group
+from wtl.data.images import list_images, load_image
+from wtl.maps import cam as cams
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
@@ -108,7 +110,7 @@ def test_gender100_finds_the_bundled_gender_model(tmp_path: Path, gender_root: P
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_the_visualizer_finds_the_bundled_manifests(name: str) -> None:
-    manifest = views.model_manifest(load_model(BUNDLED / f"{name}.pt"))
+    manifest = finding.test_manifest(load_model(BUNDLED / f"{name}.pt").path)
     assert manifest == BUNDLED / f"{name}.test_files.json"
     listed = json.loads(manifest.read_text())
     assert set(listed) == {"InfectedFilenames", "UninfectedFilenames"}
@@ -123,10 +125,10 @@ def test_a_checkpoint_without_a_manifest_beside_it_falls_back_to_data(tmp_path: 
     data = tmp_path / "data"
     data.mkdir()
     (data / "malaria_testing_filenames_every_every.json").write_text('{"InfectedFilenames": []}')
-    monkeypatch.setattr(views, "MANIFEST_DIR", data)
-    assert views.model_manifest(load_model(checkpoint)) == data / "malaria_testing_filenames_every_every.json"
+    monkeypatch.setattr(resources, "seed_manifest_dir", lambda: data)
+    assert finding.test_manifest(load_model(checkpoint).path) == data / "malaria_testing_filenames_every_every.json"
     (data / "malaria_testing_filenames_every_every.json").unlink()
-    assert views.model_manifest(load_model(checkpoint)) is None
+    assert finding.test_manifest(load_model(checkpoint).path) is None
 
 
 def test_demo_predictions_are_stable() -> None:

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import cams
 from model_network import Network, NetworkMultiLoss
+from wtl.maps import cam as cams
+from wtl.maps import fusion, ops, registry
 
 RTOL = ATOL = 1e-4
 PROPERTY = settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -58,7 +59,7 @@ def test_class_activation_map_is_the_per_channel_sum():
     torch.manual_seed(0)
     features = torch.randn(3, 7, 5, 4)
     weights = torch.randn(3, 7)
-    result = cams.class_activation_map(features, weights)
+    result = ops.weighted_sum(features, weights)
     assert result.shape == (3, 5, 4)
     torch.testing.assert_close(result.double(), loop_cam(features, weights), rtol=1e-5, atol=1e-5)
 
@@ -66,16 +67,16 @@ def test_class_activation_map_is_the_per_channel_sum():
 def test_class_activation_map_uses_each_images_own_weights():
     features = torch.ones(2, 2, 1, 1)
     weights = torch.tensor([[1.0, 2.0], [10.0, 20.0]])
-    assert cams.class_activation_map(features, weights).flatten().tolist() == [3.0, 30.0]
+    assert ops.weighted_sum(features, weights).flatten().tolist() == [3.0, 30.0]
 
 
 def test_head_weights_fold_a_linear_transform():
     torch.manual_seed(1)
     classifier, transform = torch.nn.Linear(6, 3), torch.nn.Linear(4, 6)
-    weight, bias = cams.head_weights(classifier, transform)
+    weight, bias = ops.head_weights(classifier, transform)
     x = torch.randn(5, 4)
     torch.testing.assert_close(x @ weight.T + bias, classifier(transform(x)))
-    plain_weight, plain_bias = cams.head_weights(classifier, torch.nn.Identity())
+    plain_weight, plain_bias = ops.head_weights(classifier, torch.nn.Identity())
     assert plain_weight is classifier.weight and plain_bias is classifier.bias
 
 
@@ -219,16 +220,16 @@ def test_a_batch_gives_the_same_maps_as_one_image_at_a_time():
 
 def test_normalize_known_values():
     maps = torch.tensor([[[-2.0, 0.0], [2.0, 6.0]]])
-    assert cams.normalize(maps).flatten().tolist() == [0.0, 0.25, 0.5, 1.0]
+    assert ops.normalize(maps).flatten().tolist() == [0.0, 0.25, 0.5, 1.0]
 
 
 def test_normalize_each_map_on_its_own():
     maps = torch.stack([torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, 100.0]])])
-    assert cams.normalize(maps).flatten().tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert ops.normalize(maps).flatten().tolist() == [0.0, 1.0, 0.0, 1.0]
 
 
 def test_normalize_constant_map_is_zeros_not_nan():
-    result = cams.normalize(torch.full((2, 4, 4), 3.5))
+    result = ops.normalize(torch.full((2, 4, 4), 3.5))
     assert result.shape == (2, 4, 4)
     assert torch.equal(result, torch.zeros(2, 4, 4))
 
@@ -236,7 +237,7 @@ def test_normalize_constant_map_is_zeros_not_nan():
 def test_normalize_negative_maps_lie_in_unit_interval():
     torch.manual_seed(11)
     maps = -torch.rand(3, 5, 5) * 50 - 10
-    result = cams.normalize(maps)
+    result = ops.normalize(maps)
     assert float(result.min()) == 0.0 and float(result.max()) == 1.0
     # Order is kept: the largest (least negative) value maps to 1.
     assert torch.equal(result.flatten(1).argmax(1), maps.flatten(1).argmax(1))
@@ -244,14 +245,14 @@ def test_normalize_negative_maps_lie_in_unit_interval():
 
 def test_heatmap_shape_and_range():
     cam = torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(12))
-    result = cams.heatmap(cam, 32)
+    result = ops.heatmap(cam, 32)
     assert result.shape == (2, 32, 32)
     assert float(result.min()) >= 0.0 and float(result.max()) <= 1.0
 
 
 def test_average_heatmap_is_the_pixel_mean():
     maps = torch.stack([torch.zeros(2, 2), torch.ones(2, 2), torch.full((2, 2), 0.5)])
-    torch.testing.assert_close(cams.average_heatmap(maps), torch.full((2, 2), 0.5))
+    torch.testing.assert_close(ops.average_heatmap(maps), torch.full((2, 2), 0.5))
 
 
 # --------------------------------------------------------------------------- properties (hypothesis)
@@ -318,7 +319,7 @@ def test_property_normalize_never_nan_and_in_unit_interval(batch, height, width,
         maps = torch.where(noise > 0.5, torch.tensor(1e30), torch.tensor(-1e30))
     else:
         maps = noise * value
-    result = cams.normalize(maps)
+    result = ops.normalize(maps)
     assert result.shape == maps.shape
     assert not torch.isnan(result).any()
     assert float(result.min()) >= 0.0 and float(result.max()) <= 1.0
@@ -367,8 +368,8 @@ def test_property_every_rule_points_where_all_blocks_point(cell, scales, probabi
         noise = 0.01 * torch.rand((side, side), generator=generator)
         maps.append((scale * (spot + noise) - 3.0)[None])
     chances = torch.tensor([probabilities], dtype=torch.float32)
-    for rule in cams.FUSION_RULES:
-        fused = cams.fuse(maps, 64, rule, chances)
+    for rule in fusion.FUSION_RULES:
+        fused = fusion.fuse(maps, 64, rule, chances)
         assert fused.shape == (1, 64, 64) and float(fused.min()) == 0.0 and float(fused.max()) == 1.0
         peak = int(fused.flatten().argmax())
         found = torch.tensor([peak // 64 + 0.5, peak % 64 + 0.5])
@@ -380,7 +381,7 @@ def test_property_every_rule_points_where_all_blocks_point(cell, scales, probabi
 def test_fusion_rules_follow_their_formulas():
     torch.manual_seed(3)
     maps = [torch.rand(2, 16, 16), torch.rand(2, 8, 8) * 5, torch.rand(2, 4, 4) - 7, torch.rand(2, 2, 2)]
-    n = torch.stack([cams.heatmap(m, 16) for m in maps]).double()
+    n = torch.stack([ops.heatmap(m, 16) for m in maps]).double()
     probabilities = torch.tensor([[0.2, 0.9, 0.6, 0.3], [0.5, 0.5, 0.5, 0.5]])
     expected = {
         "max": n.max(0).values,
@@ -390,36 +391,36 @@ def test_fusion_rules_follow_their_formulas():
         "product234": n[1:].prod(0) ** (1 / 3),
         "confidence": (n ** (probabilities.double().T / probabilities.double().sum(1))[:, :, None, None]).prod(0),
     }
-    assert set(expected) == set(cams.FUSION_RULES)
+    assert set(expected) == set(fusion.FUSION_RULES)
     for rule, formula in expected.items():
-        torch.testing.assert_close(cams.fuse(maps, 16, rule, probabilities), cams.normalize(formula).float())
+        torch.testing.assert_close(fusion.fuse(maps, 16, rule, probabilities), ops.normalize(formula).float())
     # Equal confidences weigh every block the same: the geometric mean of all four.
     torch.testing.assert_close(
-        cams.fuse(maps, 16, "confidence", probabilities)[1], cams.fuse(maps, 16, "product")[1], rtol=1e-5, atol=1e-5
+        fusion.fuse(maps, 16, "confidence", probabilities)[1], fusion.fuse(maps, 16, "product")[1], rtol=1e-5, atol=1e-5
     )
     # A block whose head gives the class no probability at all is left out.
     silent = torch.tensor([[0.0, 0.7, 0.7, 0.7]]).expand(2, 4)
-    torch.testing.assert_close(cams.fuse(maps, 16, "confidence", silent), cams.fuse(maps, 16, "product234"))
+    torch.testing.assert_close(fusion.fuse(maps, 16, "confidence", silent), fusion.fuse(maps, 16, "product234"))
 
 
 def test_fuse_defaults_to_the_finest_resolution_of_the_blocks_it_uses_and_checks_its_arguments():
     maps = [torch.rand(3, 32, 32), torch.rand(3, 16, 16), torch.rand(3, 8, 8), torch.rand(3, 4, 4)]
-    assert cams.fuse(maps, rule="product").shape == (3, 32, 32)
-    assert cams.fuse(maps, rule="product234").shape == (3, 16, 16)
-    assert cams.fuse(maps[:1], rule="product234").shape == (3, 32, 32)  # one map: that block alone
-    torch.testing.assert_close(cams.fuse(maps[:1], 32, "mean234"), cams.heatmap(maps[0], 32))
-    assert cams.DEFAULT_FUSION in cams.FUSION_RULES
+    assert fusion.fuse(maps, rule="product").shape == (3, 32, 32)
+    assert fusion.fuse(maps, rule="product234").shape == (3, 16, 16)
+    assert fusion.fuse(maps[:1], rule="product234").shape == (3, 32, 32)  # one map: that block alone
+    torch.testing.assert_close(fusion.fuse(maps[:1], 32, "mean234"), ops.heatmap(maps[0], 32))
+    assert registry.DEFAULT_FUSION in fusion.FUSION_RULES
     with pytest.raises(ValueError, match="unknown fusion rule"):
-        cams.fuse(maps, 32, "median")
+        fusion.fuse(maps, 32, "median")
     with pytest.raises(ValueError, match="at least one map"):
-        cams.fuse([], 32)
+        fusion.fuse([], 32)
     with pytest.raises(ValueError, match="probability"):
-        cams.fuse(maps, 32, "confidence")
+        fusion.fuse(maps, 32, "confidence")
     with pytest.raises(ValueError, match=r"\(B, 4\)"):
-        cams.fuse(maps, 32, "confidence", torch.rand(3, 3))
+        fusion.fuse(maps, 32, "confidence", torch.rand(3, 3))
     flat = [torch.zeros(1, 4, 4), torch.full((1, 2, 2), 7.0)]
-    for rule in cams.FUSION_RULES:  # constant maps: zeros, never NaN
-        assert torch.equal(cams.fuse(flat, 8, rule, torch.ones(1, 2)), torch.zeros(1, 8, 8))
+    for rule in fusion.FUSION_RULES:  # constant maps: zeros, never NaN
+        assert torch.equal(fusion.fuse(flat, 8, rule, torch.ones(1, 2)), torch.zeros(1, 8, 8))
 
 
 def purple_every_block() -> NetworkMultiLoss:
@@ -451,7 +452,8 @@ def test_the_fused_map_of_a_model_whose_blocks_all_find_the_parasite_points_at_i
     import numpy as np
     from conftest import cell_image
 
-    import evaluation
+    from wtl.metrics import localisation
+    from wtl.metrics.stain import stain_mask
 
     rng = np.random.default_rng(5)
     images = torch.stack(
@@ -459,16 +461,18 @@ def test_the_fused_map_of_a_model_whose_blocks_all_find_the_parasite_points_at_i
     )
     explanation = cams.explain_every_block(purple_every_block(), images, 1)
     assert (explanation.logits.argmax(1) == 1).all()
-    masks = [evaluation.stain_mask(image) for image in images]
+    masks = [stain_mask(image) for image in images]
     assert all(mask.any() for mask in masks)
-    for rule in cams.FUSION_RULES:
+    for rule in fusion.FUSION_RULES:
         fused = explanation.fused_heatmap(rule)
-        torch.testing.assert_close(fused, cams.fuse(explanation.cams, (64, 64), rule, explanation.block_probabilities))
+        torch.testing.assert_close(
+            fused, fusion.fuse(explanation.cams, (64, 64), rule, explanation.block_probabilities)
+        )
         for heat, mask in zip(fused, masks):
             # Within the pointing game's 8 px for every rule (block 4's 16 px cells blur a max); inside the stain
             # itself for the default rule.
-            assert evaluation.pointing_hit(heat, mask, 8.0), rule
-            assert evaluation.pointing_hit(heat, mask, 0.0) or rule != cams.DEFAULT_FUSION
+            assert localisation.pointing_hit(heat, mask, 8.0), rule
+            assert localisation.pointing_hit(heat, mask, 0.0) or rule != registry.DEFAULT_FUSION
         assert explanation.fused_cam(rule).shape[-1] == (16 if rule.endswith("234") else 32)
     torch.testing.assert_close(
         explanation.block_probabilities,

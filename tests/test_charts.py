@@ -4,29 +4,29 @@ from __future__ import annotations
 
 import warnings
 
-import charts
+import torch
+
+from wtl.evaluation.result import EvaluationResult, ViewScores
+from wtl.metrics.classification import Classification
+from wtl.plot import charts
 
 
 def test_metrics_chart_without_pointing_game_warns_nothing() -> None:
-    views = {
-        "last": {
-            "pointing_15px": None,
-            "pointing_8px": None,
-            "pointing_4px": None,
-            "pointing_0px": None,
-            "pointing_counted": 0,
-            "images": 10,
-            "deletion_auc": 0.4,
-            "insertion_auc": 0.6,
-            "average_drop": 3.0,
-            "increase_in_confidence": 50.0,
-        }
-    }
-    result = {
-        "methods": {"cam": views},
-        "classification": {"accuracy": 0.8, "images": 10},
-        "explained_class": "true class",
-    }
+    scores = ViewScores.empty(10)
+    scores.explained[:] = True
+    for key, value in {"deletion_auc": 0.4, "insertion_auc": 0.6, "average_drop": 3.0}.items():
+        scores.faithfulness[key][:] = value
+    scores.faithfulness["increase_in_confidence"][:5] = 100.0
+    scores.faithfulness["increase_in_confidence"][5:] = 0.0
+    truth = torch.tensor([0] * 5 + [1] * 5)
+    result = EvaluationResult(
+        classification=Classification.from_predictions(truth, truth.roll(1), ["Female", "Male"]),
+        explained_class="true class",
+        methods={"cam": {"last": scores}},
+        fusion_rule="product",
+        records=[],
+        image_size=64,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fig = charts.metrics_chart(result, "a face model")

@@ -23,29 +23,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import model_data
-from model_data import (
-    SPLITS,
-    DatasetCache,
-    DatasetError,
-    FolderSet,
-    GenderSet,
-    ImageError,
-    MalariaSet,
-    balanced_sample,
+from wtl.data import datasets as model_datasets
+from wtl.data import images as model_images
+from wtl.data.cache import DatasetCache
+from wtl.data.datasets import FolderSet, GenderSet, MalariaSet, balanced_sample, make_dataset
+from wtl.data.groups import (
     celeba_identity,
     find_identity_manifest,
     identities_by_split,
-    load_image,
-    make_dataset,
     patient_id,
     read_identities,
-    read_image_uint8,
     shared_identities,
     split_of_group,
-    training_splits,
-    write_test_manifest,
 )
+from wtl.data.images import load_image, read_image_uint8
+from wtl.data.manifests import write_test_manifest
+from wtl.data.registry import SPLITS
+from wtl.data.splits import training_splits
+from wtl.errors import DatasetError, ImageError
 
 # --------------------------------------------------------------------------- images in every mode
 
@@ -445,7 +440,7 @@ def test_center_crop_keeps_the_middle_square(tmp_path: Path) -> None:
     assert cropped.shape == (3, 16, 16) and int(cropped[0].max()) == 0 and int(cropped[1].min()) == 200
     squashed = read_image_uint8(tmp_path / "tall.png", 16, "squash")
     assert int(squashed[0, 0].max()) == 255  # the band is still there when squashed
-    assert model_data.original_image(tmp_path / "tall.png", "center-crop").shape == (40, 40, 3)
+    assert model_images.original_image(tmp_path / "tall.png", "center-crop").shape == (40, 40, 3)
     with pytest.raises(ValueError):
         read_image_uint8(tmp_path / "tall.png", 16, "stretch")
 
@@ -551,8 +546,8 @@ def test_cache_never_calls_the_dataset_after_fill(own_malaria: Path, monkeypatch
     def refuse(*args, **kwargs):
         raise AssertionError("the cache decoded an image again")
 
-    monkeypatch.setattr(model_data.ImageListSet, "__getitem__", refuse)
-    monkeypatch.setattr(model_data, "read_image_uint8", refuse)
+    monkeypatch.setattr(model_datasets.ImageListSet, "__getitem__", refuse)
+    monkeypatch.setattr(model_datasets, "read_image_uint8", refuse)
     images = [cache[i][0] for i in range(len(cache))]
     assert len(images) == len(dataset)
     assert cache.fill(workers=0) is cache  # nothing missing, nothing decoded

@@ -21,13 +21,13 @@ import torch.multiprocessing as mp
 from conftest import REPO, error_lines, run_cli
 from torch.utils.data import DataLoader, TensorDataset
 
-import distributed
 import model_main
-import weights
-from distributed import DistInfo, eval_shard
 from model_data import make_dataset
 from model_network import build_network
 from model_trainer import Trainer
+from wtl.checkpoints import loading
+from wtl.training import distributed
+from wtl.training.distributed import DistInfo, eval_shard
 
 TINY = ["--dataset", "malaria", "--network", "last", "--image-size", "32", "--batch-size", "4", "--workers", "0"]
 PER_CLASS = 12  # --max-per-class of the torchrun runs: 24 training images, an even split into 2 x 12
@@ -100,7 +100,7 @@ def test_torchrun_trains_one_checkpoint_that_where_to_look_uses(ddp_run, malaria
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in checkpoint["net_state_dict"])
     metrics = json.loads((models / "model_malaria_last.metrics.json").read_text())
     assert metrics["settings"]["processes"] == 2
-    assert weights.load_model(models / CHECKPOINT).kind == "last"
+    assert loading.load_model(models / CHECKPOINT).kind == "last"
 
     image = next((malaria_root / "cell_images" / "Parasitized").glob("*.png"))
     shown = run_cli(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import math
@@ -17,9 +18,13 @@ from hypothesis import strategies as st
 from matplotlib.figure import Figure
 from torch import nn
 
-import charts
-import evaluation
 from model_network import Network, NetworkMultiLoss
+from wtl.evaluation import compare, driver, galleries, inputs, tables
+from wtl.evaluation.result import EvaluationResult, ImageRecord
+from wtl.maps import methods as map_methods
+from wtl.metrics import agreement, faithfulness, localisation, stain
+from wtl.metrics import sanity as sanity_check
+from wtl.plot import charts
 
 SIZE = 64  # the smallest side at which Network's last block still has a 4 x 4 map
 CLASSES = ["Uninfected", "Parasitized"]
@@ -135,7 +140,7 @@ def cells() -> list[Cell]:
 
 def test_stain_mask_covers_the_purple_blob_and_nothing_else() -> None:
     for cell in cell_set(20, seed=3):
-        mask = evaluation.stain_mask(cell.image.float() / 255)
+        mask = stain.stain_mask(cell.image.float() / 255)
         assert mask.dtype == torch.bool and mask.shape == (SIZE, SIZE)
         if cell.centre is None:
             assert not mask.any(), "an uninfected cell got a stain mask"
@@ -148,26 +153,26 @@ def test_stain_mask_covers_the_purple_blob_and_nothing_else() -> None:
 
 def test_stain_mask_accepts_uint8_and_refuses_other_shapes() -> None:
     cell = cell_set(2, seed=4)[1]
-    assert torch.equal(evaluation.stain_mask(cell.image), evaluation.stain_mask(cell.image.float() / 255))
+    assert torch.equal(stain.stain_mask(cell.image), stain.stain_mask(cell.image.float() / 255))
     with pytest.raises(ValueError):
-        evaluation.stain_mask(cell.image[None].float())
+        stain.stain_mask(cell.image[None].float())
     with pytest.raises(ValueError):
-        evaluation.stain_mask(cell.image[:1].float())
+        stain.stain_mask(cell.image[:1].float())
 
 
 def test_stain_mask_is_empty_without_a_cell_a_dark_spot_or_enough_pixels() -> None:
-    assert not evaluation.stain_mask(torch.zeros(3, 32, 32)).any()
-    assert not evaluation.stain_mask(torch.ones(3, 32, 32)).any()
+    assert not stain.stain_mask(torch.zeros(3, 32, 32)).any()
+    assert not stain.stain_mask(torch.ones(3, 32, 32)).any()
     cell = cell_set(2, seed=5)[0].image.float() / 255  # uninfected
     speck = cell.clone()
     speck[:, 30:32, 30:31] = torch.tensor(PURPLE / 255, dtype=torch.float32)[:, None, None]
-    assert not evaluation.stain_mask(speck).any(), "2 purple pixels are noise, not a parasite"
+    assert not stain.stain_mask(speck).any(), "2 purple pixels are noise, not a parasite"
     pale = cell.clone()  # magenta but as bright as the cell: a stain absorbs light, this is not one
     pale[:, 26:34, 26:34] = torch.tensor([235, 110, 235], dtype=torch.float32)[:, None, None] / 255
-    assert not evaluation.stain_mask(pale).any()
+    assert not stain.stain_mask(pale).any()
     spot = cell.clone()
     spot[:, 30:34, 30:34] = torch.tensor(PURPLE / 255, dtype=torch.float32)[:, None, None]
-    assert evaluation.stain_mask(spot)[30:34, 30:34].all()
+    assert stain.stain_mask(spot)[30:34, 30:34].all()
 
 
 # --------------------------------------------------------------------------- pointing game
@@ -177,26 +182,26 @@ def test_pointing_hit_measures_from_the_peak_to_the_nearest_mask_pixel() -> None
     heat = torch.zeros(20, 20)
     heat[10, 10] = 1.0
     mask = torch.zeros(20, 20, dtype=torch.bool)
-    assert evaluation.pointing_hit(heat, mask, 15) is None
+    assert localisation.pointing_hit(heat, mask, 15) is None
     mask[10, 15] = True  # 5 px to the right
-    assert evaluation.pointing_hit(heat, mask, 5.0) is True
-    assert evaluation.pointing_hit(heat, mask, 4.9) is False
+    assert localisation.pointing_hit(heat, mask, 5.0) is True
+    assert localisation.pointing_hit(heat, mask, 4.9) is False
     mask[13, 14] = True  # 5 px diagonally (3-4-5), and also the nearest now
-    assert evaluation.pointing_hit(heat, mask, 5.0) is True
+    assert localisation.pointing_hit(heat, mask, 5.0) is True
     mask[:] = False
     mask[10, 10] = True
-    assert evaluation.pointing_hit(heat, mask, 0.0) is True
+    assert localisation.pointing_hit(heat, mask, 0.0) is True
     with pytest.raises(ValueError):
-        evaluation.pointing_hit(heat, mask[:10], 3)
+        localisation.pointing_hit(heat, mask[:10], 3)
 
 
 def test_pointing_hit_takes_the_first_of_equal_peaks() -> None:
     heat = torch.zeros(8, 8)  # flat: argmax is the first pixel, (0, 0)
     mask = torch.zeros(8, 8, dtype=torch.bool)
     mask[7, 7] = True
-    assert evaluation.pointing_hit(heat, mask, 3) is False
+    assert localisation.pointing_hit(heat, mask, 3) is False
     mask[1, 1] = True
-    assert evaluation.pointing_hit(heat, mask, 1.5) is True
+    assert localisation.pointing_hit(heat, mask, 1.5) is True
 
 
 # --------------------------------------------------------------------------- faithfulness
@@ -219,8 +224,8 @@ def test_deletion_and_insertion_reward_the_map_that_points_at_the_evidence() -> 
     good[:, 12:20, 12:20] += 1.0
     bad = torch.rand(4, 32, 32) * 0.1
     bad[:, :8, :8] += 1.0  # hot on a corner that does not matter
-    good_del, good_ins = evaluation.deletion_insertion(model, images, good, 1, steps=16)
-    bad_del, bad_ins = evaluation.deletion_insertion(model, images, bad, 1, steps=16)
+    good_del, good_ins = faithfulness.deletion_insertion(model, images, good, 1, steps=16)
+    bad_del, bad_ins = faithfulness.deletion_insertion(model, images, bad, 1, steps=16)
     assert good_del.shape == good_ins.shape == (4,)
     assert ((good_del >= 0) & (good_del <= 1) & (good_ins >= 0) & (good_ins <= 1)).all()
     assert (good_del < bad_del - 0.3).all() and (good_ins > bad_ins + 0.3).all()
@@ -232,8 +237,8 @@ def test_deletion_insertion_of_an_image_does_not_depend_on_its_batch() -> None:
     model = purple_detector()
     batch = torch.stack([cell.image for cell in cell_set(6, seed=6)]).float() / 255
     heat = torch.rand(6, SIZE, SIZE)
-    together = evaluation.deletion_insertion(model, batch, heat, 1, steps=4)
-    alone = evaluation.deletion_insertion(model, batch[3:4], heat[3:4], torch.tensor([1]), steps=4)
+    together = faithfulness.deletion_insertion(model, batch, heat, 1, steps=4)
+    alone = faithfulness.deletion_insertion(model, batch[3:4], heat[3:4], torch.tensor([1]), steps=4)
     torch.testing.assert_close(alone[0][0], together[0][3])
     torch.testing.assert_close(alone[1][0], together[1][3])
 
@@ -242,11 +247,11 @@ def test_faithfulness_refuses_bad_arguments_and_keeps_the_models_mode() -> None:
     model = purple_detector().train()
     images = torch.rand(2, 3, SIZE, SIZE)
     with pytest.raises(ValueError, match="steps"):
-        evaluation.deletion_insertion(model, images, torch.rand(2, SIZE, SIZE), 1, steps=0)
+        faithfulness.deletion_insertion(model, images, torch.rand(2, SIZE, SIZE), 1, steps=0)
     with pytest.raises(ValueError, match="do not match"):
-        evaluation.deletion_insertion(model, images, torch.rand(2, 8, 8), 1)
-    evaluation.deletion_insertion(model, images, torch.rand(2, SIZE, SIZE), 1, steps=2)
-    evaluation.average_drop_increase(model, images, torch.rand(2, SIZE, SIZE), 1)
+        faithfulness.deletion_insertion(model, images, torch.rand(2, 8, 8), 1)
+    faithfulness.deletion_insertion(model, images, torch.rand(2, SIZE, SIZE), 1, steps=2)
+    faithfulness.drop_and_increase(model, images, torch.rand(2, SIZE, SIZE), 1)
     assert all(module.training for module in model.modules())
 
 
@@ -254,19 +259,20 @@ def test_average_drop_and_increase_follow_the_grad_cam_plus_plus_definitions() -
     torch.manual_seed(2)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
     images, heat = torch.rand(8, 3, 16, 16), torch.rand(8, 16, 16)
-    assert evaluation.average_drop_increase(model, images, torch.ones(8, 16, 16), 1) == (0.0, 0.0)
+    drop, increased = faithfulness.drop_and_increase(model, images, torch.ones(8, 16, 16), 1)
+    assert float(drop.mean()) == 0.0 and not increased.any()
     with torch.no_grad():
         full = model(images).softmax(1)[:, 1]
         explained = model(images * heat[:, None]).softmax(1)[:, 1]
-    drop, increase = evaluation.average_drop_increase(model, images, heat, 1)
-    assert drop == pytest.approx(float(((full - explained).clamp_min(0) / full).mean() * 100), rel=1e-5)
-    assert increase == pytest.approx(float((explained > full).float().mean() * 100))
+    drop, increased = faithfulness.drop_and_increase(model, images, heat, 1)
+    torch.testing.assert_close(drop, (full - explained).clamp_min(0) / full * 100)
+    assert torch.equal(increased, explained > full)
 
 
 def test_blurred_keeps_shape_and_colour_for_any_size() -> None:
     for side in (5, 16, 64, 129):
         image = torch.rand(2, 3, side, side)
-        out = evaluation.blurred(image)
+        out = faithfulness.blurred(image)
         assert out.shape == image.shape
         torch.testing.assert_close(out.mean(), image.mean(), atol=0.03, rtol=0)
 
@@ -277,21 +283,21 @@ def test_blurred_keeps_shape_and_colour_for_any_size() -> None:
 def test_a_right_model_points_at_the_parasite_and_a_scrambled_one_does_not(cells: list[Cell]) -> None:
     data = as_dataset(cells)
     methods = ["cam", "gradcam", "hirescam"]
-    right = evaluation.evaluate(Loaded(purple_detector()), data, methods, progress=False, steps=4)
+    right = driver.evaluate(Loaded(purple_detector()), data, methods, progress=False, steps=4)
     scrambled = Loaded(scramble_convolutions(purple_detector()))
-    wrong = evaluation.evaluate(scrambled, data, methods, progress=False, faithfulness=False)
-    json.dumps(right)  # JSON-able as is
-    assert right["classification"]["accuracy"] == 1.0
-    assert right["classification"]["confusion_matrix"] == [[12, 0], [0, 12]]
-    assert right["explained_class"] == "Parasitized"
+    wrong = driver.evaluate(scrambled, data, methods, progress=False, faithfulness=False)
+    json.dumps(right.to_json())  # JSON-able as is
+    assert right.to_json()["classification"]["accuracy"] == 1.0
+    assert right.to_json()["classification"]["confusion_matrix"] == [[12, 0], [0, 12]]
+    assert right.to_json()["explained_class"] == "Parasitized"
     for method in methods:
-        good, bad = right["methods"][method]["last"], wrong["methods"][method]["last"]
+        good, bad = right.to_json()["methods"][method]["last"], wrong.to_json()["methods"][method]["last"]
         assert good["pointing_counted"] == 12 and good["images"] == 12
         assert good["pointing_15px"] >= 0.9 and good["pointing_8px"] >= 0.9
         assert bad["pointing_8px"] <= 0.3 and bad["pointing_8px"] <= good["pointing_8px"] - 0.5
         assert good["deletion_auc"] < good["insertion_auc"]
         assert bad["images"] == 12 and bad["deletion_auc"] is None  # faithfulness switched off
-    text = evaluation.format_table(right)
+    text = tables.format_table(right)
     assert "gradcam" in text and "100.0%" in text and "accuracy 100.00% on 24 images" in text
 
 
@@ -299,29 +305,32 @@ def test_evaluate_every_block_model_reports_each_block_and_the_fused_map(cells: 
     torch.manual_seed(0)
     network = NetworkMultiLoss().eval()
     model, data = Loaded(network, kind="every"), as_dataset(cells)
-    result = evaluation.evaluate(model, data, ["cam", "layercam"], batch_size=3, max_images=6, steps=2, progress=False)
-    json.dumps(result)
-    assert result["classification"]["images"] == 6
-    assert list(result["blocks"]) == ["block1", "block2", "block3", "block4"]
+    result = driver.evaluate(model, data, ["cam", "layercam"], batch_size=3, max_images=6, steps=2, progress=False)
+    json.dumps(result.to_json())
+    assert result.to_json()["classification"]["images"] == 6
+    assert list(result.to_json()["blocks"]) == ["block1", "block2", "block3", "block4"]
     for method in ("cam", "layercam"):
-        assert list(result["methods"][method]) == ["block1", "block2", "block3", "block4", "fused"]
-        assert all(view["images"] == 3 for view in result["methods"][method].values())
+        assert list(result.to_json()["methods"][method]) == ["block1", "block2", "block3", "block4", "fused"]
+        assert all(view["images"] == 3 for view in result.to_json()["methods"][method].values())
     # The last block's own head is the network's prediction.
-    assert result["blocks"]["block4"]["confusion_matrix"] == result["classification"]["confusion_matrix"]
-    assert "block3" in evaluation.format_table(result)
+    assert (
+        result.to_json()["blocks"]["block4"]["confusion_matrix"]
+        == result.to_json()["classification"]["confusion_matrix"]
+    )
+    assert "block3" in tables.format_table(result)
 
 
 def test_evaluate_without_parasites_explains_the_true_class_of_every_image(cells: list[Cell]) -> None:
     faces = Loaded(purple_detector(), class_names=["Female", "Male"])
-    result = evaluation.evaluate(faces, as_dataset(cells)[:4], ["gradcam"], progress=False, steps=2)
-    view = result["methods"]["gradcam"]["last"]
-    assert result["explained_class"] == "true class"
+    result = driver.evaluate(faces, as_dataset(cells)[:4], ["gradcam"], progress=False, steps=2)
+    view = result.to_json()["methods"]["gradcam"]["last"]
+    assert result.to_json()["explained_class"] == "true class"
     assert view["images"] == 4 and view["pointing_counted"] == 0 and view["pointing_15px"] is None
-    assert "-" in evaluation.format_table(result)
+    assert "-" in tables.format_table(result)
     with pytest.raises(ValueError, match="unknown method"):
-        evaluation.evaluate(faces, as_dataset(cells), ["gradcam", "guided"], progress=False)
+        driver.evaluate(faces, as_dataset(cells), ["gradcam", "guided"], progress=False)
     with pytest.raises(ValueError, match="no images"):
-        evaluation.evaluate(faces, [], ["gradcam"], progress=False)
+        driver.evaluate(faces, [], ["gradcam"], progress=False)
 
 
 class MapStyle(torch.utils.data.Dataset):
@@ -340,18 +349,16 @@ class MapStyle(torch.utils.data.Dataset):
 def test_evaluate_reads_map_style_data_sets_and_plain_iterables_alike(cells: list[Cell]) -> None:
     model = Loaded(purple_detector())
 
-    def run(dataset: evaluation.Images) -> dict:
-        return evaluation.evaluate(
-            model, dataset, ["cam"], max_images=6, batch_size=4, progress=False, faithfulness=False
-        )
+    def run(dataset: inputs.Images) -> EvaluationResult:
+        return driver.evaluate(model, dataset, ["cam"], max_images=6, batch_size=4, progress=False, faithfulness=False)
 
     from_dataset = run(MapStyle(cells))
     from_generator = run(pair for pair in as_dataset(cells))
-    assert from_dataset == from_generator
+    assert from_dataset.to_json() == from_generator.to_json()
     training = purple_detector().train()
-    evaluation.evaluate(Loaded(training), as_dataset(cells)[:2], ["cam"], progress=False, faithfulness=False)
+    driver.evaluate(Loaded(training), as_dataset(cells)[:2], ["cam"], progress=False, faithfulness=False)
     assert training.training, "evaluate must hand the model back in the mode it found it"
-    assert from_dataset["classification"]["images"] == 6
+    assert from_dataset.to_json()["classification"]["images"] == 6
 
 
 def _train(cells: list[Cell], steps: int = 40, seed: int = 0) -> Network:
@@ -385,16 +392,16 @@ def test_a_trained_network_looks_at_the_parasite(cells: list[Cell]) -> None:
     network = _train(cell_set(128, seed=2))
     data = as_dataset(cells)
     methods = ["cam", "gradcam", "gradcam++", "layercam"]
-    trained = evaluation.evaluate(Loaded(network), data, methods, progress=False, steps=8)
-    scrambled = evaluation.evaluate(
+    trained = driver.evaluate(Loaded(network), data, methods, progress=False, steps=8)
+    scrambled = driver.evaluate(
         Loaded(scramble_convolutions(network)), data, methods, progress=False, faithfulness=False
     )
-    assert trained["classification"]["accuracy"] >= 0.9
+    assert trained.to_json()["classification"]["accuracy"] >= 0.9
     for method in methods:
-        good, bad = trained["methods"][method]["last"], scrambled["methods"][method]["last"]
+        good, bad = trained.to_json()["methods"][method]["last"], scrambled.to_json()["methods"][method]["last"]
         assert good["pointing_15px"] >= 0.8, method
         assert good["pointing_8px"] >= bad["pointing_8px"] + 0.4, method
-    cam = trained["methods"]["cam"]["last"]
+    cam = trained.to_json()["methods"]["cam"]["last"]
     assert cam["deletion_auc"] < cam["insertion_auc"]
 
 
@@ -405,8 +412,8 @@ def test_compare_models_agrees_with_itself_and_not_with_a_scrambled_copy(cells: 
     right = Loaded(purple_detector())
     scrambled = Loaded(scramble_convolutions(right.network))
     models = {"right": right, "copy": Loaded(copy.deepcopy(right.network)), "scrambled": scrambled}
-    result = evaluation.compare_models(models, as_dataset(cells)[:8], "cam", batch_size=3, progress=False)
-    numbers = result["numbers"]
+    result = compare.compare_models(models, as_dataset(cells)[:8], "cam", batch_size=3, progress=False)
+    numbers = result.to_json()
     json.dumps(numbers)
     assert numbers["images"] == 8 and numbers["images_per_class"] == {"Uninfected": 4, "Parasitized": 4}
     same = numbers["pairs"]["right vs copy"]
@@ -416,28 +423,28 @@ def test_compare_models_agrees_with_itself_and_not_with_a_scrambled_copy(cells: 
     assert numbers["pairs"]["right vs scrambled"]["top10_iou"] < 0.5
     assert same["average_map_spearman"]["Parasitized"] == pytest.approx(1.0)
     scrambled_average = numbers["pairs"]["right vs scrambled"]["average_map_spearman"]["Parasitized"]
-    expected = evaluation.spearman(
-        torch.from_numpy(result["maps"]["right"]["Parasitized"]),
-        torch.from_numpy(result["maps"]["scrambled"]["Parasitized"]),
+    expected = agreement.spearman(
+        torch.from_numpy(result.maps["right"]["Parasitized"]),
+        torch.from_numpy(result.maps["scrambled"]["Parasitized"]),
     )
     assert scrambled_average == pytest.approx(expected) and scrambled_average < 0.99
-    assert set(result["maps"]) == set(models)
-    for maps in result["maps"].values():
+    assert set(result.maps) == set(models)
+    for maps in result.maps.values():
         assert set(maps) == {"Uninfected", "Parasitized"}
         assert all(isinstance(m, np.ndarray) and m.shape == (SIZE, SIZE) for m in maps.values())
     np.testing.assert_allclose(
-        result["std"]["Parasitized"],
-        np.stack([result["maps"][name]["Parasitized"] for name in models]).std(axis=0),
+        result.std["Parasitized"],
+        np.stack([result.maps[name]["Parasitized"] for name in models]).std(axis=0),
         atol=1e-6,
     )
     with pytest.raises(ValueError, match="two models"):
-        evaluation.compare_models({"right": right}, as_dataset(cells), progress=False)
+        compare.compare_models({"right": right}, as_dataset(cells), progress=False)
 
 
 def test_compare_models_takes_a_list_and_a_gradient_method(cells: list[Cell]) -> None:
     first, second = Loaded(purple_detector()), Loaded(purple_detector())
-    result = evaluation.compare_models([first, second], as_dataset(cells)[:4], "gradcam", progress=False)
-    assert list(result["numbers"]["pairs"]) == ["model 0 vs model 1"]
+    result = compare.compare_models([first, second], as_dataset(cells)[:4], "gradcam", progress=False)
+    assert list(result.pairs) == ["model 0 vs model 1"]
 
 
 @settings(max_examples=40, deadline=None)
@@ -446,23 +453,23 @@ def test_spearman_is_symmetric_and_one_for_a_monotone_copy(values: list[int]) ->
     a = torch.tensor(values, dtype=torch.float32)
     b = a * 3 + 1  # strictly increasing map of a: the same ranks
     if len(set(values)) == 1:
-        assert math.isnan(evaluation.spearman(a, b))  # undefined for a constant map
+        assert math.isnan(agreement.spearman(a, b))  # undefined for a constant map
         return
-    assert evaluation.spearman(a, b) == pytest.approx(1.0)
-    assert evaluation.spearman(a, -a) == pytest.approx(-1.0)
+    assert agreement.spearman(a, b) == pytest.approx(1.0)
+    assert agreement.spearman(a, -a) == pytest.approx(-1.0)
     c = torch.roll(a, 1)
-    assert evaluation.spearman(a, c) == pytest.approx(evaluation.spearman(c, a))
+    assert agreement.spearman(a, c) == pytest.approx(agreement.spearman(c, a))
 
 
 def test_rank_averages_ties() -> None:
-    assert evaluation.rank(torch.tensor([10.0, 20.0, 10.0, 30.0])).tolist() == [1.5, 3.0, 1.5, 4.0]
+    assert agreement.rank(torch.tensor([10.0, 20.0, 10.0, 30.0])).tolist() == [1.5, 3.0, 1.5, 4.0]
 
 
 def test_top_overlap() -> None:
     a = torch.arange(100.0)
-    assert evaluation.top_overlap(a, a) == 1.0
-    assert evaluation.top_overlap(a, -a) == 0.0
-    assert evaluation.top_overlap(a, torch.cat([a[:95], a[95:] - 1000])) == pytest.approx(5 / 15)
+    assert agreement.top_overlap(a, a) == 1.0
+    assert agreement.top_overlap(a, -a) == 0.0
+    assert agreement.top_overlap(a, torch.cat([a[:95], a[95:] - 1000])) == pytest.approx(5 / 15)
 
 
 # --------------------------------------------------------------------------- charts
@@ -476,11 +483,11 @@ def _png(figure: Figure) -> bytes:
 
 def test_charts_draw_an_evaluation_and_a_comparison(cells: list[Cell]) -> None:
     data = as_dataset(cells)[:4]
-    result = evaluation.evaluate(Loaded(purple_detector()), data, ["cam", "gradcam"], progress=False, steps=2)
+    result = driver.evaluate(Loaded(purple_detector()), data, ["cam", "gradcam"], progress=False, steps=2)
     figure = charts.metrics_chart(result)
     assert isinstance(figure, Figure) and len(figure.axes) == 2
     assert _png(figure).startswith(b"\x89PNG")
-    comparison = evaluation.compare_models(
+    comparison = compare.compare_models(
         {"a": Loaded(purple_detector()), "b": Loaded(scramble_convolutions(purple_detector()))},
         as_dataset(cells)[:4],
         progress=False,
@@ -488,24 +495,24 @@ def test_charts_draw_an_evaluation_and_a_comparison(cells: list[Cell]) -> None:
     figure = charts.compare_figure(comparison)
     assert _png(figure).startswith(b"\x89PNG")
     with pytest.raises(ValueError):
-        charts.metrics_chart({"methods": {}})
+        charts.metrics_chart(dataclasses.replace(result, methods={}))
 
 
 # --------------------------------------------------------------------------- distances, galleries, sanity check
 
 
 def test_peak_distance_and_the_4px_tolerance() -> None:
-    assert evaluation.POINTING_TOLERANCES == (15.0, 8.0, 4.0, 0.0)
+    assert localisation.POINTING_TOLERANCES == (15.0, 8.0, 4.0, 0.0)
     heat = torch.zeros(20, 20)
     heat[10, 10] = 1.0
     mask = torch.zeros(20, 20, dtype=torch.bool)
-    assert evaluation.peak_distance(heat, mask) is None
+    assert localisation.peak_distance(heat, mask) is None
     mask[13, 14] = True  # 3-4-5
-    assert evaluation.peak_distance(heat, mask) == 5.0
-    assert evaluation.pointing_hit(heat, mask, 4.0) is False and evaluation.pointing_hit(heat, mask, 5.0) is True
+    assert localisation.peak_distance(heat, mask) == 5.0
+    assert localisation.pointing_hit(heat, mask, 4.0) is False and localisation.pointing_hit(heat, mask, 5.0) is True
     mask[10, 10] = True
-    assert evaluation.peak_distance(heat, mask) == 0.0
-    both = evaluation.peak_distances(torch.stack([heat, heat]), torch.stack([mask, torch.zeros_like(mask)]))
+    assert localisation.peak_distance(heat, mask) == 0.0
+    both = localisation.peak_distances(torch.stack([heat, heat]), torch.stack([mask, torch.zeros_like(mask)]))
     assert both[0] == 0.0 and math.isnan(both[1])
 
 
@@ -517,29 +524,22 @@ def confident(network: Network) -> Network:
     return network
 
 
-def record(label: str, prediction: str, probability: float, area: int, distance: float | None = None) -> dict:
-    return {
-        "file": None,
-        "label": label,
-        "prediction": prediction,
-        "probability": probability,
-        "stain_area": area,
-        "distance": distance,
-    }
+def record(label: str, prediction: str, probability: float, area: int, distance: float | None = None) -> ImageRecord:
+    return ImageRecord(None, label, prediction, probability, area, distance)
 
 
 def test_the_suspect_label_rule_and_its_thresholds() -> None:
-    pixels, sizeable = 128 * 128, math.ceil(evaluation.SUSPECT_STAIN_FRACTION * 128 * 128)
+    pixels, sizeable = 128 * 128, math.ceil(galleries.SUSPECT_STAIN_FRACTION * 128 * 128)
     parasitized, uninfected = 1, 0
     # Labelled Parasitized: suspect only without any stain and with a confident Uninfected prediction.
-    assert evaluation.suspect_label(parasitized, uninfected, 0.95, 0, pixels, parasitized)
-    assert evaluation.suspect_label(parasitized, uninfected, 0.95, 12, pixels, parasitized) is None
-    assert evaluation.suspect_label(parasitized, uninfected, 0.85, 0, pixels, parasitized) is None
-    assert evaluation.suspect_label(parasitized, parasitized, 0.99, 0, pixels, parasitized) is None
+    assert galleries.suspect_label(parasitized, uninfected, 0.95, 0, pixels, parasitized)
+    assert galleries.suspect_label(parasitized, uninfected, 0.95, 12, pixels, parasitized) is None
+    assert galleries.suspect_label(parasitized, uninfected, 0.85, 0, pixels, parasitized) is None
+    assert galleries.suspect_label(parasitized, parasitized, 0.99, 0, pixels, parasitized) is None
     # Labelled Uninfected: suspect with a sizeable stain and a confident Parasitized prediction.
-    assert evaluation.suspect_label(uninfected, parasitized, 0.9, sizeable, pixels, parasitized)
-    assert evaluation.suspect_label(uninfected, parasitized, 0.9, sizeable - 1, pixels, parasitized) is None
-    assert evaluation.suspect_label(uninfected, parasitized, 0.89, 10 * sizeable, pixels, parasitized) is None
+    assert galleries.suspect_label(uninfected, parasitized, 0.9, sizeable, pixels, parasitized)
+    assert galleries.suspect_label(uninfected, parasitized, 0.9, sizeable - 1, pixels, parasitized) is None
+    assert galleries.suspect_label(uninfected, parasitized, 0.89, 10 * sizeable, pixels, parasitized) is None
 
 
 def test_galleries_sort_worst_first() -> None:
@@ -553,16 +553,16 @@ def test_galleries_sort_worst_first() -> None:
         record("Parasitized", "Parasitized", 0.99, 50, distance=8.0),  # exactly 8 px: a hit, not a miss
         record("Uninfected", "Uninfected", 0.99, 0),
     ]
-    out = evaluation.galleries(records, CLASSES, 128 * 128)
-    assert [r["probability"] for r in out["misclassified"]] == [0.99, 0.95, 0.95, 0.7]
-    assert [r["distance"] for r in out["map_misses"]] == [30.0, 9.5]
-    assert [(r["label"], r["stain_area"]) for r in out["suspect_labels"]] == [
+    out = galleries.galleries(records, CLASSES, 128 * 128)
+    assert [r.probability for r in out["misclassified"]] == [0.99, 0.95, 0.95, 0.7]
+    assert [r.distance for r in out["map_misses"]] == [30.0, 9.5]
+    assert [(r.label, r.stain_area) for r in out["suspect_labels"]] == [
         ("Parasitized", 0),
         ("Uninfected", 900),
         ("Uninfected", 500),
     ]
-    assert all(r["reason"] for r in out["suspect_labels"])
-    faces = evaluation.galleries([record("Female", "Male", 0.99, 0)], ["Female", "Male"], 64 * 64)
+    assert all(r.reason for r in out["suspect_labels"])
+    faces = galleries.galleries([record("Female", "Male", 0.99, 0)], ["Female", "Male"], 64 * 64)
     assert len(faces["misclassified"]) == 1 and faces["map_misses"] == faces["suspect_labels"] == []
 
 
@@ -572,23 +572,23 @@ def test_evaluate_finds_flipped_labels_and_keeps_a_record_per_image(cells: list[
     clean = next(i for i, (_, label) in enumerate(data) if label == 0)
     data[infected] = (data[infected][0], 0)  # a stained cell labelled Uninfected
     data[clean] = (data[clean][0], 1)  # a clean cell labelled Parasitized
-    result = evaluation.evaluate(Loaded(confident(purple_detector())), data, ["cam"], progress=False, steps=2)
-    json.dumps(result)
-    records = result["per_image"]
+    result = driver.evaluate(Loaded(confident(purple_detector())), data, ["cam"], progress=False, steps=2)
+    json.dumps(result.to_json())
+    records = result.to_json()["per_image"]
     assert len(records) == len(data)
     assert [r["label"] for r in records] == [CLASSES[label] for _, label in data]
-    assert records[infected]["stain_area"] >= result["gallery_rules"]["suspect_stain_area"]
+    assert records[infected]["stain_area"] >= result.to_json()["gallery_rules"]["suspect_stain_area"]
     assert records[clean]["stain_area"] == 0
     assert all(r["file"] is None for r in records)  # a plain list has no file names
-    suspects = {(r["label"], r["stain_area"]) for r in result["suspect_labels"]}
+    suspects = {(r["label"], r["stain_area"]) for r in result.to_json()["suspect_labels"]}
     assert suspects == {("Uninfected", records[infected]["stain_area"]), ("Parasitized", 0)}
-    assert len(result["misclassified"]) == 2 and result["map_misses"] == []
-    assert result["best_map"] == {"method": "cam", "view": "last"}
+    assert len(result.to_json()["misclassified"]) == 2 and result.to_json()["map_misses"] == []
+    assert result.to_json()["best_map"] == {"method": "cam", "view": "last"}
     distances = [r["distance"] for r in records if r["label"] == "Parasitized" and r["stain_area"]]
     assert distances and max(distances) <= 8.0
-    assert result["gallery_rules"]["suspect_confidence"] == evaluation.SUSPECT_CONFIDENCE
-    assert "2 suspect labels" in evaluation.format_table(result)
-    assert result["methods"]["cam"]["last"]["pointing_4px"] is not None
+    assert result.to_json()["gallery_rules"]["suspect_confidence"] == galleries.SUSPECT_CONFIDENCE
+    assert "2 suspect labels" in tables.format_table(result)
+    assert result.to_json()["methods"]["cam"]["last"]["pointing_4px"] is not None
 
 
 class Listed(MapStyle):
@@ -600,26 +600,26 @@ class Listed(MapStyle):
 
 
 def test_evaluate_records_the_files_of_a_data_set_that_has_them(cells: list[Cell]) -> None:
-    result = evaluation.evaluate(
+    result = driver.evaluate(
         Loaded(purple_detector()), Listed(cells), ["cam"], max_images=5, progress=False, faithfulness=False
     )
-    assert [r["file"] for r in result["per_image"]] == [f"/data/cell_{i}.png" for i in range(5)]
+    assert [r["file"] for r in result.to_json()["per_image"]] == [f"/data/cell_{i}.png" for i in range(5)]
 
 
 def test_evaluate_fuses_by_the_rule_it_is_given_and_every_block_of_a_network(cells: list[Cell]) -> None:
     torch.manual_seed(0)
     model, data = Loaded(NetworkMultiLoss().eval(), kind="every"), as_dataset(cells)[:6]
     for rule in ("max", "confidence"):
-        result = evaluation.evaluate(model, data, ["cam", "gradcam"], progress=False, faithfulness=False, fuse=rule)
-        assert result["fusion_rule"] == rule
-        assert list(result["methods"]["gradcam"]) == ["block1", "block2", "block3", "block4", "fused"]
-        assert "fused: " + rule in evaluation.format_table(result)
+        result = driver.evaluate(model, data, ["cam", "gradcam"], progress=False, faithfulness=False, fuse=rule)
+        assert result.to_json()["fusion_rule"] == rule
+        assert list(result.to_json()["methods"]["gradcam"]) == ["block1", "block2", "block3", "block4", "fused"]
+        assert "fused: " + rule in tables.format_table(result)
     with pytest.raises(ValueError, match="unknown fusion rule"):
-        evaluation.evaluate(model, data, ["cam"], progress=False, fuse="median")
+        driver.evaluate(model, data, ["cam"], progress=False, fuse="median")
     plain = Loaded(purple_detector())
-    every = evaluation.evaluate(plain, data, ["cam", "gradcam"], progress=False, faithfulness=False, every_block=True)
-    assert list(every["methods"]["cam"]) == ["last"]  # a Network has no per-block heads for CAM
-    assert list(every["methods"]["gradcam"]) == ["block1", "block2", "block3", "block4", "fused"]
+    every = driver.evaluate(plain, data, ["cam", "gradcam"], progress=False, faithfulness=False, every_block=True)
+    assert list(every.to_json()["methods"]["cam"]) == ["last"]  # a Network has no per-block heads for CAM
+    assert list(every.to_json()["methods"]["gradcam"]) == ["block1", "block2", "block3", "block4", "fused"]
 
 
 def centre_blob(network: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -634,50 +634,61 @@ def test_the_randomisation_test_tells_a_map_of_the_model_from_a_map_of_nothing(c
     network = purple_detector()
     before = copy.deepcopy(network.state_dict())
     images = torch.stack([cell.image for cell in cells if cell.label == 1][:8]).float() / 255
-    methods = {"blob": centre_blob, **evaluation.map_functions(["cam", "gradcam"])}
+    methods = {"blob": centre_blob, **map_methods.heatmap_functions(["cam", "gradcam"])}
     rng_state = torch.get_rng_state()
-    sanity = evaluation.cascading_randomisation(network, images, torch.ones(8, dtype=torch.long), methods, seed=0)
+    sanity = sanity_check.cascading_randomisation(network, images, torch.ones(8, dtype=torch.long), methods, seed=0)
     assert torch.equal(torch.get_rng_state(), rng_state), "the test must not move the caller's random numbers"
     assert all(torch.equal(before[k], v) for k, v in network.state_dict().items()), "the model must stay trained"
-    json.dumps(sanity)
-    assert sanity["stages"] == ["head", "block4", "block3", "block2", "block1"] and sanity["images"] == 8
-    assert all(rho == pytest.approx(1.0) for rho in sanity["methods"]["blob"].values())
+    json.dumps(sanity.to_json())
+    assert (
+        sanity.to_json()["stages"] == ["head", "block4", "block3", "block2", "block1"]
+        and sanity.to_json()["images"] == 8
+    )
+    assert all(rho == pytest.approx(1.0) for rho in sanity.to_json()["methods"]["blob"].values())
     for method in ("cam", "gradcam"):
         # Once the convolutions are random too, the maps have little to do with the trained ones.
-        assert all(abs(sanity["methods"][method][stage]) < 0.8 for stage in ("block3", "block2", "block1")), method
-    again = evaluation.cascading_randomisation(network, images, torch.ones(8, dtype=torch.long), methods, seed=0)
-    assert again == sanity  # seeded
+        assert all(abs(sanity.to_json()["methods"][method][stage]) < 0.8 for stage in ("block3", "block2", "block1")), (
+            method
+        )
+    again = sanity_check.cascading_randomisation(network, images, torch.ones(8, dtype=torch.long), methods, seed=0)
+    assert again.to_json() == sanity.to_json()  # seeded
 
 
 def test_randomisation_stages_cover_both_networks_top_down() -> None:
     multi = NetworkMultiLoss()
-    stages = dict(evaluation.randomisation_stages(multi))
+    stages = dict(sanity_check.randomisation_stages(multi))
     assert list(stages) == ["head", "block4", "block3", "block2", "block1"]
     assert stages["block1"] == [multi.conv1, multi.bn1] and multi.transform2 in stages["head"]
     generic = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
-    assert [name for name, _ in evaluation.randomisation_stages(generic)] == ["3", "0"]
+    assert [name for name, _ in sanity_check.randomisation_stages(generic)] == ["3", "0"]
 
 
 def test_evaluate_runs_the_sanity_check_on_a_sample_of_the_explained_images(cells: list[Cell]) -> None:
     torch.manual_seed(0)
     model = Loaded(NetworkMultiLoss().eval(), kind="every")
-    result = evaluation.evaluate(
+    result = driver.evaluate(
         model, as_dataset(cells), ["cam"], progress=False, faithfulness=False, sanity_images=5, batch_size=4
     )
-    sanity = result["sanity"]
+    sanity = result.to_json()["sanity"]
     assert sanity["images"] == 5
-    assert set(sanity["methods"]) == {"cam", "cam fused", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"}
-    assert "sanity check" in evaluation.format_table(result)
-    assert "sanity" not in evaluation.evaluate(model, as_dataset(cells)[:4], ["cam"], progress=False, steps=2)
+    assert set(sanity["methods"]) == {
+        "cam",
+        "cam fused",
+        "gradcam",
+        "gradcam++",
+        "xgradcam",
+        "layercam",
+        "hirescam",
+    }
+    assert "sanity check" in tables.format_table(result)
+    assert driver.evaluate(model, as_dataset(cells)[:4], ["cam"], progress=False, steps=2).sanity is None
 
 
 def test_per_image_records_stay_in_order_when_the_first_batches_explain_nothing(cells: list[Cell]) -> None:
     # model_data's sets list every Uninfected cell first: the first batches have no cell to explain.
     data = sorted(as_dataset(cells), key=lambda pair: pair[1])
-    result = evaluation.evaluate(
-        Loaded(purple_detector()), data, ["cam"], batch_size=5, progress=False, faithfulness=False
-    )
-    records = result["per_image"]
+    result = driver.evaluate(Loaded(purple_detector()), data, ["cam"], batch_size=5, progress=False, faithfulness=False)
+    records = result.to_json()["per_image"]
     assert [r["label"] for r in records] == [CLASSES[label] for _, label in data]
     assert all(r["distance"] is None for r in records if r["label"] == "Uninfected")
     assert all(r["distance"] is not None and r["distance"] <= 8 for r in records if r["label"] == "Parasitized")
@@ -685,13 +696,13 @@ def test_per_image_records_stay_in_order_when_the_first_batches_explain_nothing(
 
 def test_faithfulness_on_a_sample_is_faithfulness_on_those_images(cells: list[Cell]) -> None:
     model, data = Loaded(purple_detector()), as_dataset(cells)
-    full = evaluation.evaluate(model, data, ["cam"], progress=False, steps=2, batch_size=5)
-    everything = evaluation.evaluate(model, data, ["cam"], progress=False, steps=2, batch_size=5, faithful_images=99)
-    some = evaluation.evaluate(model, data, ["cam"], progress=False, steps=2, batch_size=5, faithful_images=4)
-    whole, same, part = (r["methods"]["cam"]["last"] for r in (full, everything, some))
+    full = driver.evaluate(model, data, ["cam"], progress=False, steps=2, batch_size=5)
+    everything = driver.evaluate(model, data, ["cam"], progress=False, steps=2, batch_size=5, faithful_images=99)
+    some = driver.evaluate(model, data, ["cam"], progress=False, steps=2, batch_size=5, faithful_images=4)
+    whole, same, part = (r.to_json()["methods"]["cam"]["last"] for r in (full, everything, some))
     assert whole["faithful_images"] == same["faithful_images"] == 12 and part["faithful_images"] == 4
     assert part["images"] == whole["images"] == 12 and part["pointing_8px"] == whole["pointing_8px"]
     for key in ("deletion_auc", "insertion_auc", "average_drop"):
         assert same[key] == pytest.approx(whole[key], rel=1e-5)
         assert part[key] is not None
-    assert "sample of 4" in evaluation.format_table(some) and "sample of" not in evaluation.format_table(full)
+    assert "sample of 4" in tables.format_table(some) and "sample of" not in tables.format_table(full)

@@ -13,9 +13,11 @@ import torchvision
 from conftest import randomise_batch_norm
 from torch import nn
 
-import cams
-import gradcams
 from model_network import Network, NetworkMultiLoss
+from wtl.maps import cam as cams
+from wtl.maps import fusion, ops
+from wtl.maps import gradcam as gradcams
+from wtl.nets import modes as model_modes
 
 GRADIENT_METHODS = [name for name in gradcams.METHODS if name != "scorecam"]
 
@@ -68,7 +70,7 @@ def test_gradcam_is_relu_cam_over_map_size_on_the_gap_network(class_index: objec
     result = gradcams.GradCAM(model, model.features[-1])(x, classes)  # type: ignore[arg-type]
     logits, features = cams.last_block_features(model, x)
     expected_classes = logits.argmax(1) if classes is None else torch.as_tensor(classes).expand(5)
-    cam = cams.class_activation_map(features, model.classifier[-1].weight[expected_classes])
+    cam = ops.weighted_sum(features, model.classifier[-1].weight[expected_classes])
     h, w = features.shape[-2:]
     assert torch.equal(result.class_index, expected_classes)
     torch.testing.assert_close(result.logits, logits)
@@ -269,7 +271,7 @@ def test_every_block_of_both_networks_has_a_map_of_its_resolution() -> None:
         model, x = network(kind, dtype=torch.float32), images(2, 32, dtype=torch.float32)
         maps = [gradcams.LayerCAM(model, layer)(x, 1).maps for layer in gradcams.block_layers(model)]
         assert [m.shape[-1] for m in maps] == [16, 8, 4, 2]
-        fused = cams.fuse(maps, 32)
+        fused = fusion.fuse(maps, 32)
         assert fused.shape == (2, 32, 32) and fused.min() >= 0 and fused.max() <= 1
 
 
@@ -278,12 +280,12 @@ def test_the_max_fusion_keeps_what_any_block_finds() -> None:
     coarse[0, 0, 0] = 1.0
     fine = torch.zeros((1, 8, 8))
     fine[0, 6, 6] = 5.0  # only the fine block sees this spot; the max keeps it at full strength
-    fused = cams.fuse([coarse, fine], 8, "max")
+    fused = fusion.fuse([coarse, fine], 8, "max")
     assert fused.shape == (1, 8, 8)
     assert fused[0, 6, 6] == pytest.approx(1.0)
-    torch.testing.assert_close(fused, cams.normalize(torch.maximum(cams.heatmap(coarse, 8), cams.heatmap(fine, 8))))
+    torch.testing.assert_close(fused, ops.normalize(torch.maximum(ops.heatmap(coarse, 8), ops.heatmap(fine, 8))))
     with pytest.raises(ValueError):
-        cams.fuse([], 8)
+        fusion.fuse([], 8)
 
 
 def test_bad_targets_and_classes_are_refused() -> None:
@@ -363,7 +365,7 @@ def test_the_call_runs_in_eval_mode_and_restores_each_modules_mode() -> None:
 
 def test_eval_mode_restores_modes_also_on_error() -> None:
     model = network(dtype=torch.float32).train()
-    with pytest.raises(KeyError), gradcams.eval_mode(model):
+    with pytest.raises(KeyError), model_modes.eval_mode(model):
         assert not any(m.training for m in model.modules())
         raise KeyError("inside")
     assert all(m.training for m in model.modules())

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import weights
 from model_network import Network, NetworkMultiLoss, build_network, network_kind, num_classes_of
+from wtl.checkpoints import loading
 
 # --------------------------------------------------------------------------- the published layouts, literally
 
@@ -276,7 +276,7 @@ def test_load_model_reads_kind_and_classes_from_keys(tmp_path: Path, keys, kind:
     state = random_state(keys, seed=5, num_classes=3)
     path = tmp_path / file_name
     torch.save({"net_state_dict": state, "epoch": 4}, path)
-    loaded = weights.load_model(path)
+    loaded = loading.load_model(path)
     assert loaded.kind == kind
     assert isinstance(loaded.network, NetworkMultiLoss if kind == "every" else Network)
     assert loaded.network.classifier[2].out_features == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html.parser
 import json
 import shutil
@@ -14,9 +15,10 @@ from conftest import build_malaria, cell_image
 from PIL import Image
 from test_evaluation import Loaded, confident, purple_detector
 
-import evaluation
-import report
 from model_data import MalariaSet
+from wtl.evaluation import driver
+from wtl.evaluation.result import EvaluationResult
+from wtl.plot import report, style, tiles
 
 SIZE = 64
 # A file name a browser would take for markup if it were not escaped.
@@ -42,7 +44,7 @@ class Links(html.parser.HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Loaded]:
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[EvaluationResult, Path, Loaded]:
     """A small malaria folder with one stained cell filed as Uninfected (and a nasty name), evaluated."""
     root = tmp_path_factory.mktemp("report_data")
     cells = build_malaria(root, patients=range(1, 9), seed=3)
@@ -51,20 +53,20 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Loa
     cell_image(np.random.default_rng(9), True, 56).save(cells / "Uninfected" / NASTY)
     model = Loaded(confident(purple_detector()), image_size=SIZE)
     data = MalariaSet(root, "all", size=SIZE)
-    result = evaluation.evaluate(model, data, ["cam", "gradcam"], progress=False, steps=2, sanity_images=4)
+    result = driver.evaluate(model, data, ["cam", "gradcam"], progress=False, steps=2, sanity_images=4)
     return result, stained, model
 
 
-def test_evaluate_on_files_finds_the_flipped_label(evaluated: tuple[dict, Path, Loaded]) -> None:
+def test_evaluate_on_files_finds_the_flipped_label(evaluated: tuple[EvaluationResult, Path, Loaded]) -> None:
     result, stained, _ = evaluated
-    suspects = {Path(r["file"]).name for r in result["suspect_labels"]}
+    suspects = {Path(r.file).name for r in result.galleries["suspect_labels"]}
     assert stained.name in suspects and NASTY in suspects
-    assert all(r["label"] == "Uninfected" and r["prediction"] == "Parasitized" for r in result["suspect_labels"])
-    assert {Path(r["file"]).name for r in result["misclassified"]} >= suspects
+    assert all(r.label == "Uninfected" and r.prediction == "Parasitized" for r in result.galleries["suspect_labels"])
+    assert {Path(r.file).name for r in result.galleries["misclassified"]} >= suspects
 
 
 def test_the_report_is_self_contained_and_escapes_every_text(
-    evaluated: tuple[dict, Path, Loaded], tmp_path: Path
+    evaluated: tuple[EvaluationResult, Path, Loaded], tmp_path: Path
 ) -> None:
     result, stained, model = evaluated
     index = report.write_report(result, tmp_path / "report", model, progress=False, details={"data": str(tmp_path)})
@@ -83,22 +85,24 @@ def test_the_report_is_self_contained_and_escapes_every_text(
     assert NASTY not in text and "&lt;b&gt;&amp;&quot;x&quot;" in text
     assert stained.name in text
     for gallery in ("misclassified", "suspect_labels"):
-        assert f"{len(result[gallery])}</h3>" in text
+        assert f"{len(result.galleries[gallery])}</h3>" in text
         sheet = index.parent / f"{gallery}.png"
         assert sheet.read_bytes().startswith(b"\x89PNG")
-    assert "Sanity check" in text and "fused" not in json.dumps(result["methods"])  # a Network: no fused row
+    assert "Sanity check" in text and "fused" not in json.dumps(result.to_json()["methods"])  # a Network: no fused row
     tiles = sorted((index.parent / report.THUMBS).glob("*.png"))
     assert tiles and all(Image.open(t).size == (2 * 2 * SIZE + 2, 2 * SIZE) for t in tiles)
 
 
 def test_a_report_caps_its_galleries_and_works_without_a_model(
-    evaluated: tuple[dict, Path, Loaded], tmp_path: Path
+    evaluated: tuple[EvaluationResult, Path, Loaded], tmp_path: Path
 ) -> None:
     result, _, _ = evaluated
-    many = dict(result, misclassified=result["misclassified"] * 5)
+    many = dataclasses.replace(
+        result, galleries={**result.galleries, "misclassified": result.galleries["misclassified"] * 5}
+    )
     index = report.write_report(many, tmp_path, model=None, max_tiles=3, progress=False)
     text = index.read_text(encoding="utf-8")
-    assert f"showing the first 3 of {len(many['misclassified'])}" in text
+    assert f"showing the first 3 of {len(many.galleries['misclassified'])}" in text
     assert len(list((tmp_path / report.THUMBS).glob("misclassified_*.png"))) == 3
     # Written again into the same folder: the old thumbnails go, the links still all resolve.
     index = report.write_report(result, tmp_path, model=None, max_tiles=1, progress=False)
@@ -114,13 +118,13 @@ def test_a_tile_shows_the_cell_its_map_and_the_stain_outline() -> None:
     mask[4:8, 4:8] = True
     heat = np.zeros((16, 16))
     heat[5, 5] = 1.0
-    drawn = report.tile(image, heat, mask, scale=1)
+    drawn = tiles.tile(image, heat, mask, scale=1)
     assert drawn.shape == (16, 34, 3) and drawn.dtype == np.uint8
     left, right = drawn[:, :16], drawn[:, 18:]
-    assert (left[4, 4] == report.OUTLINE).all() and (left[5, 5] == 200).all()  # outline, not the inside
-    assert (right[4, 4] == report.OUTLINE).all() and not (right[10, 10] == 200).all()  # under the jet blend
-    assert report.outline(mask).sum() == 12
+    assert (left[4, 4] == style.OUTLINE).all() and (left[5, 5] == 200).all()  # outline, not the inside
+    assert (right[4, 4] == style.OUTLINE).all() and not (right[10, 10] == 200).all()  # under the jet blend
+    assert tiles.outline(mask).sum() == 12
     assert torch.equal(
-        torch.from_numpy(report.outline(np.ones((3, 3), dtype=bool))),
+        torch.from_numpy(tiles.outline(np.ones((3, 3), dtype=bool))),
         torch.tensor([[True, True, True], [True, False, True], [True, True, True]]),
     )

@@ -17,11 +17,15 @@ from conftest import cell_image, error_lines, face_image, git_status, run_cli, t
 from torch.utils.data import DataLoader, TensorDataset
 
 import model_main
-import weights
 from model_data import training_splits
 from model_network import Network, NetworkMultiLoss
-from model_trainer import CheckpointTrainer, Trainer, classification_report, dihedral_augment, format_report
-from weights import CheckpointError, save_checkpoint
+from model_trainer import CheckpointTrainer, Trainer
+from wtl.checkpoints import loading
+from wtl.checkpoints.io import save_checkpoint
+from wtl.data import augment
+from wtl.errors import CheckpointError
+from wtl.metrics.classification import Classification
+from wtl.training import run
 
 # Tiny runs: 32-pixel images, at most 12 training images per class (3 steps of 8), one epoch, CPU.
 QUICK = ["--image-size", "32", "--batch-size", "8", "--workers", "0", "--max-per-class", "12", "--device", "cpu"]
@@ -172,7 +176,7 @@ def test_train_one_epoch(trained, name: str) -> None:
         assert set(manifest) == {f"{c}Filenames" for c in class_names}
     assert sum(map(len, manifest.values())) == metrics["images"]
 
-    loaded = weights.load_model(checkpoint_path)
+    loaded = loading.load_model(checkpoint_path)
     assert loaded.kind == ("every" if "every" in name else "last")
     assert loaded.class_names == class_names
     assert loaded.image_size == 32
@@ -344,7 +348,7 @@ def test_dihedral_augment_applies_square_symmetries() -> None:
     images = torch.arange(3 * 2 * 4 * 4, dtype=torch.float32).reshape(3, 2, 4, 4)
     seen = set()
     for seed in range(30):
-        out = dihedral_augment(images, torch.Generator().manual_seed(seed))
+        out = augment.dihedral(images, torch.Generator().manual_seed(seed))
         assert out.shape == images.shape
         for i in range(len(images)):
             # The whole image (every channel alike) is one of its 8 symmetries.
@@ -378,12 +382,13 @@ def test_epoch_on_empty_loader_raises() -> None:
 def test_classification_report() -> None:
     truth = torch.tensor([0, 0, 1, 1, 2, 2])
     predicted = torch.tensor([0, 1, 1, 1, 2, 0])
-    report = classification_report(truth, predicted, ["a", "b", "c"])
+    scores = Classification.from_predictions(truth, predicted, ["a", "b", "c"])
+    report = scores.to_json()
     assert report["accuracy"] == pytest.approx(4 / 6)
     assert report["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     assert report["per_class"]["b"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
     assert report["per_class"]["c"]["precision"] == 1.0 and report["per_class"]["c"]["recall"] == 0.5
-    text = format_report(report)
+    text = scores.format()
     assert "66.67% on 6 images" in text and "0.800" in text
 
 
@@ -588,12 +593,12 @@ def test_identity_check_line(tmp_path: Path) -> None:
                 face_image(rng, label).save(folder / name)
     args = model_main.parse_args(["--dataset", "gender", "--data-dir", str(tmp_path)])
     splits = training_splits("gender", tmp_path)
-    line = model_main.identity_check(args, splits)
+    line = run.identity_check(model_main.config_of(args), splits)
     assert line.startswith("warning: 1 people sit in two splits") and "2 in train+test" in line
     for gender in ("Female", "Male"):
         folder = tmp_path / "Dataset" / "Test" / gender
         (folder / "2_000004.jpg").rename(folder / "4_000004.jpg")
-    line = model_main.identity_check(args, training_splits("gender", tmp_path))
+    line = run.identity_check(model_main.config_of(args), training_splits("gender", tmp_path))
     assert line == "people: 2 in train, 1 in val, 1 in test; none in two splits (identities from the file names)"
 
 
@@ -623,9 +628,9 @@ def test_ema_weights_are_the_hand_computed_average() -> None:
 def test_label_smoothing_zero_is_plain_cross_entropy() -> None:
     logits, labels = torch.randn(8, 3), torch.randint(0, 3, (8,))
     plain = torch.nn.functional.cross_entropy(logits, labels)
-    zero = model_main.loss_function(model_main.parse_args(["--label-smoothing", "0"]))
+    zero = run.loss_function(model_main.config_of(model_main.parse_args(["--label-smoothing", "0"])))
     torch.testing.assert_close(zero(logits, labels), plain)
-    smoothed = model_main.loss_function(model_main.parse_args(["--label-smoothing", "0.1"]))
+    smoothed = run.loss_function(model_main.config_of(model_main.parse_args(["--label-smoothing", "0.1"])))
     # (1 - eps) * CE + eps * mean over classes of -log p: the formula the flag promises.
     uniform = -logits.log_softmax(1).mean(1).mean()
     torch.testing.assert_close(smoothed(logits, labels), 0.9 * plain + 0.1 * uniform)

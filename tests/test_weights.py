@@ -18,8 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import weights
 from model_network import Network
+from wtl import errors as wtl_errors
+from wtl import names as naming
+from wtl.checkpoints import download, finding, loading
+from wtl.checkpoints import io as ckio
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,7 +43,7 @@ def make_checkpoint(path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
         "best_val_acc": 91.5,
         "epoch": 3,
     }
-    weights.save_checkpoint(content, path)
+    ckio.save_checkpoint(content, path)
     return network.state_dict()
 
 
@@ -63,7 +66,7 @@ def assert_one_line(error: BaseException) -> None:
     """The message is a single non-empty line that says what to do instead."""
     text = str(error)
     assert text and "\n" not in text, text
-    assert "model_main.py" in text or not isinstance(error, weights.DownloadError)
+    assert "model_main.py" in text or not isinstance(error, wtl_errors.DownloadError)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -129,8 +132,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 @pytest.fixture(autouse=True)
 def no_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """gdown waits a random 0-2 s before a retry; the tests that want retries turn them back on."""
-    monkeypatch.setattr(weights, "DOWNLOAD_RETRIES", 0)
-    monkeypatch.delenv(weights.WEIGHTS_URL_ENV, raising=False)
+    monkeypatch.setattr(download, "DOWNLOAD_RETRIES", 0)
+    monkeypatch.delenv(download.WEIGHTS_URL_ENV, raising=False)
 
 
 def closed_port() -> int:
@@ -145,9 +148,9 @@ def closed_port() -> int:
 
 def test_load_checkpoint_accepts_the_published_format_and_a_bare_state_dict(tmp_path: Path) -> None:
     state = make_checkpoint(tmp_path / "full.pt")
-    assert same_weights(weights.load_checkpoint(tmp_path / "full.pt")["net_state_dict"], state)
+    assert same_weights(ckio.load_checkpoint(tmp_path / "full.pt")["net_state_dict"], state)
     torch.save(Network().state_dict(), tmp_path / "bare.pt")
-    loaded = weights.load_model(tmp_path / "bare.pt")
+    loaded = loading.load_model(tmp_path / "bare.pt")
     assert loaded.kind == "last" and loaded.class_names == ["class 0", "class 1"]
 
 
@@ -163,8 +166,8 @@ def test_load_checkpoint_accepts_the_published_format_and_a_bare_state_dict(tmp_
 )
 def test_load_checkpoint_rejects_unreadable_files_in_one_line(tmp_path: Path, name: str, content: bytes) -> None:
     (tmp_path / name).write_bytes(content)
-    with pytest.raises(weights.CheckpointError) as info:
-        weights.load_checkpoint(tmp_path / name)
+    with pytest.raises(wtl_errors.CheckpointError) as info:
+        ckio.load_checkpoint(tmp_path / name)
     assert_one_line(info.value)
     assert name in str(info.value)
 
@@ -173,25 +176,25 @@ def test_load_checkpoint_rejects_a_truncated_checkpoint(tmp_path: Path) -> None:
     make_checkpoint(tmp_path / "full.pt")
     data = (tmp_path / "full.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(weights.CheckpointError, match="not a readable PyTorch checkpoint") as info:
-        weights.load_checkpoint(tmp_path / "cut.pt")
+    with pytest.raises(wtl_errors.CheckpointError, match="not a readable PyTorch checkpoint") as info:
+        ckio.load_checkpoint(tmp_path / "cut.pt")
     assert_one_line(info.value)
 
 
 def test_load_checkpoint_rejects_a_dict_without_weights_and_a_missing_file(tmp_path: Path) -> None:
     torch.save({"epoch": 3, "best_val_acc": 0.5}, tmp_path / "meta.pt")
-    with pytest.raises(weights.CheckpointError, match="no net_state_dict") as info:
-        weights.load_checkpoint(tmp_path / "meta.pt")
+    with pytest.raises(wtl_errors.CheckpointError, match="no net_state_dict") as info:
+        ckio.load_checkpoint(tmp_path / "meta.pt")
     assert_one_line(info.value)
-    with pytest.raises(weights.CheckpointError, match="no such checkpoint"):
-        weights.load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(wtl_errors.CheckpointError, match="no such checkpoint"):
+        ckio.load_checkpoint(tmp_path / "missing.pt")
 
 
 def test_a_malicious_pickle_is_refused_and_never_run(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     torch.save({"net_state_dict": TouchMarker(marker)}, tmp_path / "evil.pt")
-    with pytest.raises(weights.CheckpointError, match="refused to load") as info:
-        weights.load_checkpoint(tmp_path / "evil.pt")
+    with pytest.raises(wtl_errors.CheckpointError, match="refused to load") as info:
+        ckio.load_checkpoint(tmp_path / "evil.pt")
     assert_one_line(info.value)
     assert "weights_only=False" not in str(info.value)  # torch's advice, wrong for a downloaded file
     assert not marker.exists()
@@ -221,13 +224,13 @@ def test_find_checkpoints_prefers_best_then_earlier_folders(tmp_path: Path) -> N
         path.write_bytes(b"x")
     (first / "dir.pt").mkdir()
 
-    found = weights.find_checkpoints([first, second, tmp_path / "missing"])
+    found = finding.find_checkpoints([first, second, tmp_path / "missing"])
     assert found == {"a": first / "a.best.pt", "b": first / "b.pt", "c": second / "c.pt"}
-    assert weights.find_model("a", [first, second]) == first / "a.best.pt"
-    assert weights.find_model("a.pt", [first, second]) == first / "a.best.pt"
-    assert weights.find_model("c", [first, second]) == second / "c.pt"
-    assert weights.find_model("d", [first, second]) is None
-    assert weights.checkpoint_name("model_x.best.pt") == "model_x"
+    assert finding.find_model("a", [first, second]) == first / "a.best.pt"
+    assert finding.find_model("a.pt", [first, second]) == first / "a.best.pt"
+    assert finding.find_model("c", [first, second]) == second / "c.pt"
+    assert finding.find_model("d", [first, second]) is None
+    assert naming.checkpoint_name("model_x.best.pt") == "model_x"
 
 
 # --------------------------------------------------------------------------- download over local HTTP
@@ -237,9 +240,9 @@ def test_download_a_plain_pt_url(server: tuple[str, Path], tmp_path: Path) -> No
     base, root = server
     state = make_checkpoint(root / "malaria_last.pt")
     dest = tmp_path / "models"
-    installed = weights.download_weights(f"{base}/malaria_last.pt?download=1", dest, quiet=True)
+    installed = download.download_weights(f"{base}/malaria_last.pt?download=1", dest, quiet=True)
     assert installed == [dest / "malaria_last.pt"]
-    loaded = weights.load_model(installed[0])
+    loaded = loading.load_model(installed[0])
     assert same_weights(loaded.network.state_dict(), state)
     assert loaded.class_names == ["Uninfected", "Parasitized"]
     assert leftovers(tmp_path) == ["models", "models/malaria_last.pt"]
@@ -259,10 +262,10 @@ def test_download_a_zip_of_checkpoints_installs_only_valid_ones(server: tuple[st
         archive.writestr("__MACOSX/._one.pt", b"resource fork")
     dest = tmp_path / "out" / "models"
 
-    installed = weights.download_weights(f"{base}/bundle.zip", dest, quiet=True)
+    installed = download.download_weights(f"{base}/bundle.zip", dest, quiet=True)
 
     assert sorted(installed) == [dest / "one.pt", dest / "two.best.pt"]
-    assert same_weights(weights.load_checkpoint(dest / "one.pt")["net_state_dict"], one)
+    assert same_weights(ckio.load_checkpoint(dest / "one.pt")["net_state_dict"], one)
     assert leftovers(tmp_path / "out") == ["models", "models/one.pt", "models/two.best.pt"]
     assert not (tmp_path / "out" / "evil.pt").exists() and not (tmp_path / "evil.pt").exists()
 
@@ -270,8 +273,8 @@ def test_download_a_zip_of_checkpoints_installs_only_valid_ones(server: tuple[st
 def test_an_interrupted_download_leaves_nothing_behind(server: tuple[str, Path], tmp_path: Path) -> None:
     base, root = server
     make_checkpoint(root / "cut.pt")
-    with pytest.raises(weights.DownloadError, match="incomplete") as info:
-        weights.download_weights(f"{base}/truncated/cut.pt", tmp_path / "models", quiet=True)
+    with pytest.raises(wtl_errors.DownloadError, match="incomplete") as info:
+        download.download_weights(f"{base}/truncated/cut.pt", tmp_path / "models", quiet=True)
     assert_one_line(info.value)
     assert ".part" not in str(info.value)  # gdown says it kept the partial file; we removed it
     assert leftovers(tmp_path) == []  # no .pt, no .part, no staging folder, not even an empty dest
@@ -282,13 +285,13 @@ def test_an_interrupted_download_with_retries_still_fails_cleanly(
 ) -> None:
     base, root = server
     make_checkpoint(root / "cut2.pt")
-    monkeypatch.setattr(weights, "DOWNLOAD_RETRIES", 1)
+    monkeypatch.setattr(download, "DOWNLOAD_RETRIES", 1)
     # The server ignores Range and always breaks off, so the resumed attempt fails too.
-    with pytest.raises(weights.DownloadError, match="could not resume") as info:
-        weights.download_weights(f"{base}/truncated/cut2.pt", tmp_path / "models", quiet=True)
+    with pytest.raises(wtl_errors.DownloadError, match="could not resume") as info:
+        download.download_weights(f"{base}/truncated/cut2.pt", tmp_path / "models", quiet=True)
     assert_one_line(info.value)
-    with pytest.raises(weights.DownloadError, match=r"refused the connection \(after 1 retries\)") as info:
-        weights.download_weights(f"http://127.0.0.1:{closed_port()}/x.pt", tmp_path / "models", quiet=True)
+    with pytest.raises(wtl_errors.DownloadError, match=r"refused the connection \(after 1 retries\)") as info:
+        download.download_weights(f"http://127.0.0.1:{closed_port()}/x.pt", tmp_path / "models", quiet=True)
     assert_one_line(info.value)
     assert leftovers(tmp_path) == []
 
@@ -298,24 +301,24 @@ def test_a_broken_off_download_is_resumed_when_the_server_allows(
 ) -> None:
     base, root = server
     state = make_checkpoint(root / "flaky.pt")
-    monkeypatch.setattr(weights, "DOWNLOAD_RETRIES", 1)
-    installed = weights.download_weights(f"{base}/flaky/flaky.pt", tmp_path / "models", quiet=True)
+    monkeypatch.setattr(download, "DOWNLOAD_RETRIES", 1)
+    installed = download.download_weights(f"{base}/flaky/flaky.pt", tmp_path / "models", quiet=True)
     assert installed == [tmp_path / "models" / "flaky.pt"]
-    assert same_weights(weights.load_checkpoint(installed[0])["net_state_dict"], state)
+    assert same_weights(ckio.load_checkpoint(installed[0])["net_state_dict"], state)
     assert leftovers(tmp_path) == ["models", "models/flaky.pt"]
 
 
 def test_http_404_is_a_one_line_download_error(server: tuple[str, Path], tmp_path: Path) -> None:
     base, _ = server
-    with pytest.raises(weights.DownloadError, match="HTTP 404") as info:
-        weights.download_weights(f"{base}/missing.pt", tmp_path / "models", quiet=True)
+    with pytest.raises(wtl_errors.DownloadError, match="HTTP 404") as info:
+        download.download_weights(f"{base}/missing.pt", tmp_path / "models", quiet=True)
     assert_one_line(info.value)
     assert leftovers(tmp_path) == []
 
 
 def test_connection_refused_is_a_one_line_download_error(tmp_path: Path) -> None:
-    with pytest.raises(weights.DownloadError, match="refused the connection") as info:
-        weights.download_weights(f"http://127.0.0.1:{closed_port()}/x.pt", tmp_path / "models", quiet=True)
+    with pytest.raises(wtl_errors.DownloadError, match="refused the connection") as info:
+        download.download_weights(f"http://127.0.0.1:{closed_port()}/x.pt", tmp_path / "models", quiet=True)
     assert_one_line(info.value)
     assert leftovers(tmp_path) == []
 
@@ -324,8 +327,8 @@ def test_a_downloaded_malicious_pickle_is_refused(server: tuple[str, Path], tmp_
     base, root = server
     marker = tmp_path / "pwned"
     torch.save({"net_state_dict": TouchMarker(marker)}, root / "evil_model.pt")
-    with pytest.raises(weights.DownloadError, match="refused to load") as info:
-        weights.download_weights(f"{base}/evil_model.pt", tmp_path / "models", quiet=True)
+    with pytest.raises(wtl_errors.DownloadError, match="refused to load") as info:
+        download.download_weights(f"{base}/evil_model.pt", tmp_path / "models", quiet=True)
     assert_one_line(info.value)
     assert not marker.exists()
     assert leftovers(tmp_path) == []
@@ -336,8 +339,8 @@ def test_a_download_that_is_not_a_checkpoint_is_refused(server: tuple[str, Path]
     (root / "page.html").write_text("<html>Sign in to continue</html>")
     torch.save({"net_state_dict": {"some.other.weight": torch.zeros(2)}}, root / "other.pt")
     for name in ["page.html", "other.pt"]:
-        with pytest.raises(weights.DownloadError, match="no usable Where-to-look checkpoint") as info:
-            weights.download_weights(f"{base}/{name}", tmp_path / "models", quiet=True)
+        with pytest.raises(wtl_errors.DownloadError, match="no usable Where-to-look checkpoint") as info:
+            download.download_weights(f"{base}/{name}", tmp_path / "models", quiet=True)
         assert_one_line(info.value)
     assert leftovers(tmp_path) == []
 
@@ -347,8 +350,8 @@ def test_the_environment_variable_replaces_the_published_folder(
 ) -> None:
     base, root = server
     make_checkpoint(root / "gender_every_from_env.pt")
-    monkeypatch.setenv(weights.WEIGHTS_URL_ENV, f"{base}/gender_every_from_env.pt")
-    installed = weights.download_weights(None, tmp_path / "models", quiet=True)
+    monkeypatch.setenv(download.WEIGHTS_URL_ENV, f"{base}/gender_every_from_env.pt")
+    installed = download.download_weights(None, tmp_path / "models", quiet=True)
     assert installed == [tmp_path / "models" / "gender_every_from_env.pt"]
 
 
@@ -357,19 +360,19 @@ def test_an_unwritable_destination_is_a_download_error(server: tuple[str, Path],
     make_checkpoint(root / "blocked.pt")
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "blocked.pt").mkdir()  # a folder where the file should go
-    with pytest.raises(weights.DownloadError, match="cannot install") as info:
-        weights.download_weights(f"{base}/blocked.pt", tmp_path / "models", quiet=True)
+    with pytest.raises(wtl_errors.DownloadError, match="cannot install") as info:
+        download.download_weights(f"{base}/blocked.pt", tmp_path / "models", quiet=True)
     assert_one_line(info.value)
     assert leftovers(tmp_path) == ["models", "models/blocked.pt"]
     (tmp_path / "file").write_text("x")
-    with pytest.raises(weights.DownloadError, match="cannot write into"):
-        weights.download_weights(f"{base}/blocked.pt", tmp_path / "file" / "models", quiet=True)
+    with pytest.raises(wtl_errors.DownloadError, match="cannot write into"):
+        download.download_weights(f"{base}/blocked.pt", tmp_path / "file" / "models", quiet=True)
 
 
 def test_not_an_http_url_is_a_download_error(tmp_path: Path) -> None:
     for url in ["ftp://example.org/x.pt", "models/x.pt", "https://drive.google.com/drive/my-drive"]:
-        with pytest.raises(weights.DownloadError) as info:
-            weights.download_weights(url, tmp_path / "models", quiet=True)
+        with pytest.raises(wtl_errors.DownloadError) as info:
+            download.download_weights(url, tmp_path / "models", quiet=True)
         assert_one_line(info.value)
     assert leftovers(tmp_path) == []
 
@@ -394,10 +397,10 @@ def test_the_published_folder_is_the_default_and_goes_through_download_folder(
         return [str(p) for p in folder.rglob("*")]
 
     monkeypatch.setattr(gdown, "download_folder", fake_download_folder)
-    installed = weights.download_weights(None, tmp_path / "models", quiet=True)
+    installed = download.download_weights(None, tmp_path / "models", quiet=True)
 
-    assert calls[0]["url"] == weights.PUBLISHED_FOLDER_URL
-    assert calls[0]["timeout"] == weights.DOWNLOAD_TIMEOUT
+    assert calls[0]["url"] == download.PUBLISHED_FOLDER_URL
+    assert calls[0]["timeout"] == download.DOWNLOAD_TIMEOUT
     assert sorted(p.name for p in installed) == ["gender_last.pt", "malaria_every.pt"]
     assert leftovers(tmp_path) == ["models", "models/gender_last.pt", "models/malaria_every.pt"]
 
@@ -415,9 +418,9 @@ def test_a_drive_file_url_goes_through_download(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(gdown, "download", fake_download)
     url = "https://drive.google.com/file/d/1AbCdEfGhIjKlMnOpQrStUvWxYz012345/view?usp=sharing"
-    installed = weights.download_weights(url, tmp_path / "models", quiet=True)
+    installed = download.download_weights(url, tmp_path / "models", quiet=True)
     assert installed == [tmp_path / "models" / "model_every.best.pt"]
-    assert weights.find_model("model_every", [tmp_path / "models"]) == installed[0]
+    assert finding.find_model("model_every", [tmp_path / "models"]) == installed[0]
 
 
 def test_ctrl_c_during_a_download_removes_the_staging_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -429,7 +432,7 @@ def test_ctrl_c_during_a_download_removes_the_staging_folder(tmp_path: Path, mon
 
     monkeypatch.setattr(gdown, "download_folder", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        weights.download_weights(weights.PUBLISHED_FOLDER_URL, tmp_path / "models", quiet=True)
+        download.download_weights(download.PUBLISHED_FOLDER_URL, tmp_path / "models", quiet=True)
     assert leftovers(tmp_path) == []
 
 
@@ -440,8 +443,8 @@ def test_gdown_errors_become_one_line_download_errors(tmp_path: Path, monkeypatc
         raise gdown.exceptions.FileURLRetrievalError("Failed to retrieve file url:\n\n\tCannot retrieve it.\n")
 
     monkeypatch.setattr(gdown, "download_folder", failing)
-    with pytest.raises(weights.DownloadError, match="Google Drive did not hand out the file") as info:
-        weights.download_weights(weights.PUBLISHED_FOLDER_URL, tmp_path / "models", quiet=True)
+    with pytest.raises(wtl_errors.DownloadError, match="Google Drive did not hand out the file") as info:
+        download.download_weights(download.PUBLISHED_FOLDER_URL, tmp_path / "models", quiet=True)
     assert_one_line(info.value)
     assert leftovers(tmp_path) == []
 
@@ -470,8 +473,8 @@ def test_the_published_folder_without_internet_is_a_quick_download_error(tmp_pat
     if resolves:
         pytest.skip("drive.google.com resolves here; this test checks the offline path and must not download")
     start = time.monotonic()
-    with pytest.raises(weights.DownloadError, match="cannot resolve drive.google.com") as info:
-        weights.download_weights(weights.PUBLISHED_FOLDER_URL, tmp_path / "models", quiet=True)
+    with pytest.raises(wtl_errors.DownloadError, match="cannot resolve drive.google.com") as info:
+        download.download_weights(download.PUBLISHED_FOLDER_URL, tmp_path / "models", quiet=True)
     assert time.monotonic() - start < 5
     assert_one_line(info.value)
     assert leftovers(tmp_path) == []
@@ -483,7 +486,7 @@ def test_download_progress_goes_to_stderr_when_not_quiet(
     base, root = server
     make_checkpoint(root / "loud.pt")
     dest = tmp_path / "models"
-    weights.download_weights(f"{base}/loud.pt", dest, quiet=False)
+    download.download_weights(f"{base}/loud.pt", dest, quiet=False)
     err = capsys.readouterr().err
     assert f"To: {dest}{os.sep}" in err  # the final folder, not the staging one
     assert ".wtl-download-" not in err
@@ -493,4 +496,4 @@ def test_load_checkpoint_of_a_bundle_is_not_confused_with_torch_zip() -> None:
     buffer = io.BytesIO()
     torch.save({"x": torch.zeros(1)}, buffer)
     names = zipfile.ZipFile(io.BytesIO(buffer.getvalue())).namelist()
-    assert any(n.endswith("/data.pkl") for n in names)  # what weights._zip_kind relies on
+    assert any(n.endswith("/data.pkl") for n in names)  # what download._zip_kind relies on

@@ -30,12 +30,13 @@ import torch.nn.functional as F
 from conftest import build_malaria, git_status, throwaway_clone
 from PIL import Image
 
-import cams
-import views
 import where_to_look
 from model_data import GenderSet, list_images, load_image
 from model_network import Network, NetworkMultiLoss
-from weights import load_model
+from wtl.checkpoints.loading import load_model
+from wtl.maps import fusion, registry
+from wtl.maps.explain import explain
+from wtl.plot import draw as draw_module
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -485,8 +486,10 @@ def test_multi_fuse_flag_picks_the_rule(trained, cells, tmp_path, rule):
 
 
 def test_the_cli_knows_every_fusion_rule():
-    assert set(where_to_look.FUSIONS) == set(cams.FUSION_RULES)
-    assert where_to_look.DEFAULT_FUSION == cams.DEFAULT_FUSION == where_to_look.FUSIONS[0]
+    multi = where_to_look.build_parser()._subparsers._group_actions[0].choices["multi"]
+    fuse = next(action for action in multi._actions if action.dest == "fuse")
+    assert list(fuse.choices) == list(registry.FUSIONS) and set(registry.FUSIONS) == set(fusion.FUSION_RULES)
+    assert fuse.default == registry.DEFAULT_FUSION == next(iter(registry.FUSIONS))
 
 
 # --------------------------------------------------------------------------- gender100 and overlay
@@ -1033,17 +1036,16 @@ def test_compare_names_runs_by_their_folders(trained, malaria_root, tmp_path):
 
 def test_heatmap_fused_in_the_npz_is_what_the_panel_draws(trained, cells, tmp_path, monkeypatch):
     drawn = []
-    original = views.render.blocks_figure
+    original = draw_module.blocks_figure
 
     def spy(image, mean_heats, cam_heats, titles, heading, fused=None, **kwargs):
         drawn.append(fused)
         return original(image, mean_heats, cam_heats, titles, heading, fused, **kwargs)
 
-    monkeypatch.setattr(views.render, "blocks_figure", spy)
+    monkeypatch.setattr(draw_module, "blocks_figure", spy)
     model = load_model(trained["malaria_every"])
     images = [cells["Parasitized"][1], cells["Uninfected"][2]]
-    outputs = views.Outputs(tmp_path, save_npz=True)
-    written = views.render_multi(model, images, outputs, None, torch.device("cpu"))
+    written = draw_module.draw(explain(model, images, blocks="every"), tmp_path, save_npz=True)
     assert len(written) == len(drawn) == 2
     for png, fused in zip(written, drawn):
         with np.load(png.with_suffix(".npz")) as npz:

@@ -1,0 +1,55 @@
+"""The Python API in one place: load a model, explain pictures, draw the result, evaluate on a data set.
+
+    import wtl
+    model = wtl.load_model("malaria-every")          # a bundled name, or a path to a checkpoint
+    result = wtl.explain(model, "data/demo/Parasitized", method="cam", blocks="every")
+    wtl.draw(result, "outputs/")                     # the same PNGs the CLI writes
+
+The command-line tools call these same functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from wtl.checkpoints.loading import LoadedModel, load_model
+from wtl.data.datasets import dataset_kind, model_dataset
+from wtl.evaluation.driver import EvaluateOptions
+from wtl.evaluation.driver import evaluate as evaluate_dataset
+from wtl.evaluation.inputs import Images
+from wtl.evaluation.result import EvaluationResult
+from wtl.maps.explain import Result, explain
+from wtl.plot.draw import draw
+
+__all__ = ["EvaluateOptions", "EvaluationResult", "LoadedModel", "Result", "draw", "evaluate", "explain", "load_model"]
+
+
+def evaluate(
+    model: LoadedModel,
+    data: str | Path | Images,
+    methods: Sequence[str] = ("cam", "gradcam"),
+    split: str = "test",
+    options: EvaluateOptions | None = None,
+    **changes: object,
+) -> EvaluationResult:
+    """Accuracy and map quality of `model` on a data set: a folder (its `split`, as the CLI reads it) or a Dataset.
+
+    Args:
+        model: a loaded checkpoint.
+        data: a data-set folder (malaria, gender or class folders), or a map-style data set / iterable
+            of (image, label) pairs.
+        methods: map methods (wtl.maps.registry.METHODS).
+        split: train, val, test or all (for a folder).
+        options, changes: EvaluateOptions and overrides of its fields (e.g. progress=False).
+
+    Returns:
+        EvaluationResult (its to_json() is what `evaluate` writes).
+    """
+    dataset: Images
+    if isinstance(data, (str, Path)):
+        kind = dataset_kind(model.class_names, model.checkpoint.get("dataset"))
+        dataset = model_dataset(Path(data), split, model.class_names, kind, model.image_size, model.preprocess)
+    else:
+        dataset = data
+    return evaluate_dataset(model, dataset, methods, options, **changes)

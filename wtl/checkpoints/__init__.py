@@ -1,0 +1,1 @@
+"""Checkpoints: atomic writes, safe loading, finding them by name, and downloading them."""

@@ -1,0 +1,143 @@
+"""What the visualizer's commands share: their common flags, and turning flags into a model and a class.
+
+The flag helpers import only the standard library (and torch-free registries), so that
+`where_to_look.py --help` and a mistyped flag answer at once; the rest imports torch inside.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wtl import resources
+from wtl.maps.registry import DEFAULT_FUSION, DEFAULT_METHOD, FUSIONS, METHODS
+from wtl.runtime import DEVICE_CHOICES
+
+if TYPE_CHECKING:
+    import torch
+
+    from wtl.checkpoints.loading import LoadedModel
+
+SCRIPT = "where_to_look.py"
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number above 0."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def output_flags(p: argparse.ArgumentParser, npz: bool = True, out: Path = Path("outputs")) -> None:
+    """--out, --save-npz, --show."""
+    p.add_argument("--out", type=Path, default=out, help=f"folder for the PNGs (default {out}/)")
+    if npz:
+        p.add_argument("--save-npz", action="store_true", help="also write the numbers beside each PNG")
+    p.add_argument("--show", action="store_true", help="also open windows (where a display exists)")
+
+
+def device_flag(p: argparse.ArgumentParser) -> None:
+    """--device."""
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto picks CUDA, then MPS, then CPU")
+
+
+def model_flags(p: argparse.ArgumentParser, dataset: bool = False) -> None:
+    """--model, --models-dir (and --dataset), --device."""
+    p.add_argument("--model", type=Path, help="a checkpoint (default: found in --models-dir, else the bundled one)")
+    p.add_argument(
+        "--models-dir", type=Path, default=resources.default_models_dir(), help="where trained models are looked for"
+    )
+    if dataset:
+        p.add_argument(
+            "--dataset", choices=["malaria", "gender"], help="without --model: which model (default malaria)"
+        )
+    device_flag(p)
+
+
+def map_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
+    """--class, --method, --batch-size."""
+    p.add_argument("--class", dest="class_", help="explain this class (name or index) instead of the prediction")
+    if method:
+        p.add_argument(
+            "--method",
+            choices=list(METHODS),
+            default=DEFAULT_METHOD,
+            help="heatmap method (default cam: exact for GAP)",
+        )
+    p.add_argument("--batch-size", type=positive, default=32, help="images per batch (and Score-CAM's masked batch)")
+
+
+def fuse_flag(p: argparse.ArgumentParser) -> None:
+    """--fuse."""
+    p.add_argument(
+        "--fuse",
+        choices=list(FUSIONS),
+        default=DEFAULT_FUSION,
+        help="how the blocks' maps become the fused map (default product: their geometric mean, measured best "
+        "in the README; max was the old panel)",
+    )
+
+
+def class_index_of(answer: str | None, class_names: Sequence[str]) -> int | None:
+    """--class as a class index: a name (any case) or a number; None explains the prediction."""
+    from wtl.errors import UsageError
+
+    if answer is None:
+        return None
+    lowered = [name.lower() for name in class_names]
+    if answer.lower() in lowered:
+        return lowered.index(answer.lower())
+    if answer.isdigit() and int(answer) < len(class_names):
+        return int(answer)
+    raise UsageError(
+        f"--class {answer}: the model's classes are {', '.join(class_names)} (or 0..{len(class_names) - 1})"
+    )
+
+
+def open_model(
+    model: Path | None, view: str, models_dir: Path, device: torch.device, bundled_only: bool = False
+) -> LoadedModel:
+    """--model if given, else the view's checkpoint: one the user trained or downloaded first, the bundled one after."""
+    from wtl import names
+    from wtl.checkpoints.finding import find_model, model_folders, shown_path
+    from wtl.checkpoints.loading import load_model
+    from wtl.errors import CheckpointError
+
+    if model is not None:
+        loaded = load_model(model, device)
+    else:
+        name = names.VIEW_MODELS[view]
+        folders = [resources.bundled_dir()] if bundled_only else model_folders(models_dir)
+        found = find_model(name, folders)
+        if found is None:
+            where = "models/bundled/" if bundled_only else f"{models_dir} or models/bundled/"
+            raise CheckpointError(
+                f"no {name}.pt in {where}: train it with model_main.py, run '{SCRIPT} download', or pass --model PATH"
+            )
+        loaded = load_model(found, device)
+    print(f"model: {shown_path(loaded.path)}")
+    return loaded
+
+
+def pictures_of(args: argparse.Namespace, model: LoadedModel) -> list[tuple[Path, str | None]]:
+    """--image files, or the demo pictures the prompts asked for (with their true classes)."""
+    from wtl.checkpoints.finding import test_manifest
+    from wtl.data import demo
+    from wtl.data.images import resolve_images
+    from wtl.errors import UsageError
+
+    chosen = getattr(args, "demo_pictures", None)
+    if chosen == "bundled":
+        return list(demo.demo_cells())
+    if chosen == "manifest":
+        if model.class_names == ["Female", "Male"] or getattr(args, "dataset", None) == "gender":
+            return list(demo.gender_test_faces(args.data_dir, getattr(args, "seed", 0)))
+        return list(
+            demo.manifest_cells(test_manifest(model.path), model.path.name, args.data_dir, getattr(args, "seed", 0))
+        )
+    if not args.image:
+        raise UsageError(f"{args.command} needs pictures: pass --image FILE|FOLDER")
+    return [(p, None) for p in resolve_images(args.image)]

@@ -1,0 +1,1 @@
+"""What the network looks for: which channels carry a class, their activation maximisers, their real examples."""

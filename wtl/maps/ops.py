@@ -1,0 +1,86 @@
+"""Maps as pure tensor functions: the channel contraction, head weights, normalising, upsampling, class picking.
+
+For a GAP head, logit_c = sum_k w[c, k] * mean_xy A_k(x, y) + b_c, so the map
+cam_c(x, y) = sum_k w[c, k] * A_k(x, y) has spatial mean logit_c - b_c: it says
+exactly where the evidence for class c sits. NetworkMultiLoss's blocks 1-3 reach
+the classifier through a linear transform T_i, so their class weights are W @ T_i
+and their bias W @ t_i + b, and the same identity holds for every block. The
+Grad-CAM family contracts the same way, with weights from the gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def weighted_sum(activation: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_k weights[b, k] * A[b, k]: activation (B, K, h, w) and per-image channel weights (B, K) -> (B, h, w)."""
+    # One contraction over channels for the whole batch instead of a loop over k.
+    return torch.einsum("bkhw,bk->bhw", activation, weights)
+
+
+def head_weights(classifier: nn.Linear, transform: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights (C, K) and bias (C,) mapping a block's pooled features straight to logits."""
+    weight, bias = classifier.weight, classifier.bias
+    if isinstance(transform, nn.Linear):
+        return weight @ transform.weight, weight @ transform.bias + bias
+    return weight, bias
+
+
+def normalize(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Min-max normalise each map of (B, ...) to [0, 1]; a constant map becomes zeros, never NaN."""
+    # float64 so that even maps near float32's limits have a finite span.
+    flat = maps.flatten(1).double().nan_to_num(nan=0.0)
+    low = flat.min(dim=1, keepdim=True).values
+    span = flat.max(dim=1, keepdim=True).values - low
+    # Where the span is ~0 (constant map) divide by 1 instead: (x - low) is 0 there anyway.
+    scaled = (flat - low) / torch.where(span > eps, span, torch.ones_like(span))
+    return scaled.clamp_(0.0, 1.0).to(maps.dtype).view_as(maps)
+
+
+def upsample(maps: torch.Tensor, size: int | tuple[int, ...]) -> torch.Tensor:
+    """Bilinear upsampling of (B, h, w) maps to (B, H, W)."""
+    return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+
+def heatmap(cam: torch.Tensor, size: int | tuple[int, ...]) -> torch.Tensor:
+    """What is drawn: the raw maps upsampled to the image, then normalised per image."""
+    return normalize(upsample(cam, size))
+
+
+def average_heatmap(heatmaps: torch.Tensor) -> torch.Tensor:
+    """Gender100's map: the pixel-wise mean of (N, H, W) normalised heatmaps."""
+    return heatmaps.mean(dim=0)
+
+
+def expand_classes(
+    class_index: int | torch.Tensor, batch: int, num_classes: int | None = None, device: torch.device | None = None
+) -> torch.Tensor:
+    """(B,) long: one class for every image, or one class per image; checked against 0..num_classes-1 if given."""
+    classes = torch.as_tensor(class_index, dtype=torch.long, device=device).reshape(-1)
+    if classes.numel() == 1:
+        classes = classes.expand(batch)
+    if classes.shape != (batch,):
+        raise ValueError(f"class indices must be one int or {batch} (one per image), not {classes.numel()}")
+    if num_classes is not None and bool(((classes < 0) | (classes >= num_classes)).any()):
+        raise ValueError(f"class index {classes.tolist()} is outside 0..{num_classes - 1}")
+    return classes.clone()
+
+
+def pick_classes(logits: torch.Tensor, class_index: int | torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) the class each image's map explains: the prediction, one class for all, or one class per image.
+
+    The one rule every method follows; an index outside 0..C-1 is a ValueError.
+    """
+    if class_index is None:
+        return logits.argmax(dim=1)
+    return expand_classes(class_index, logits.shape[0], logits.shape[1], logits.device)
+
+
+def block_probabilities(block_logits: Sequence[torch.Tensor], class_index: torch.Tensor) -> torch.Tensor:
+    """(B, n): softmax probability of each image's explained class under each block's own head."""
+    return torch.stack([logits.softmax(dim=1).gather(1, class_index[:, None]).squeeze(1) for logits in block_logits], 1)

@@ -1,0 +1,1 @@
+"""The networks: the original project's two GAP classifiers, and where their blocks begin and end."""

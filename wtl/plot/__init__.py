@@ -1,0 +1,1 @@
+"""Pictures: heatmaps over images, charts of the numbers, the features figures and the HTML report."""

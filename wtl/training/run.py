@@ -1,0 +1,270 @@
+"""One training run as model_main.py starts it: splits, caches, network, trainer, the test split's report.
+
+`TrainConfig` holds every knob (the CLI fills it from its flags and prompts); `train` carries
+the run out, resumes it where a checkpoint says, and writes the checkpoint, the best weights,
+the test split's manifest and the metrics beside each other (names.py has their names).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from wtl import names
+from wtl.checkpoints.io import load_checkpoint
+from wtl.data import augment as augmentations
+from wtl.data.cache import DatasetCache
+from wtl.data.datasets import DATASETS
+from wtl.data.groups import find_identity_manifest, identities_by_split, read_identities, shared_identities
+from wtl.data.manifests import write_test_manifest
+from wtl.data.registry import DEFAULT_PREPROCESS
+from wtl.data.splits import TrainingSplits, training_splits
+from wtl.metrics.classification import Classification
+from wtl.nets.seed import BLOCK_DROPOUT, DROPOUT, build_network
+from wtl.runtime import pick_device, seed_everything
+from wtl.training.checkpointing import CheckpointTrainer
+from wtl.training.distributed import DistInfo, eval_shard, log_shard, train_sampler
+from wtl.training.trainer import pick_amp_dtype
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; the defaults are model_main.py's."""
+
+    dataset: str  # malaria, gender or folder
+    data_dir: Path
+    network: str = "last"  # last or every
+    loss: str = "last"  # every network: loss on the last block or summed over every block
+    max_per_class: int | None = None
+    split_by: str = "group"
+    identities: Path | None = None
+    preprocess: str = "auto"
+    image_size: int = 128
+    workers: int = 2
+    dropout: float = DROPOUT
+    block_dropout: float = BLOCK_DROPOUT
+    models_dir: Path = Path("models")
+    manifest_dir: Path | None = None
+    restart: bool = False
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    schedule: str = "exponential"
+    gamma: float = 0.85
+    augment: str = "auto"
+    ema: float | None = None
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def data_name(self) -> str:
+        """The data-set part of file names: gender, malaria, or the folder's own name."""
+        return names.data_name(self.dataset, self.data_dir)
+
+    @property
+    def run_name(self) -> str:
+        """last, every_single_loss or every_multi_loss."""
+        return names.run_name(self.network, self.loss)
+
+    @property
+    def checkpoint(self) -> Path:
+        """Where the run's resumable checkpoint goes (the original names: models/model_malaria_last.pt...)."""
+        return names.checkpoint_file(self.models_dir, self.data_name, self.run_name)
+
+    @property
+    def resolved_preprocess(self) -> str:
+        """squash or center-crop: the flag, or the data set's default for 'auto'."""
+        return DEFAULT_PREPROCESS[self.dataset] if self.preprocess == "auto" else self.preprocess
+
+    def settings(self) -> dict[str, Any]:
+        """The knobs as JSON-able values, for the metrics file."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def identity_check(config: TrainConfig, splits: TrainingSplits) -> str:
+    """One line saying whether any person (faces) or patient (cells) sits in two splits."""
+    noun = "patients" if config.dataset in ("malaria", "folder") else "people"
+    source = config.identities or find_identity_manifest(config.data_dir)
+    known = read_identities(source) if source else None
+    by_split = identities_by_split(
+        {"train": splits.train, "val": splits.val, "test": splits.test}, DATASETS[config.dataset].group, known
+    )
+    if not any(by_split.values()):
+        return (
+            f"{noun}: unknown (the file names carry no identity); pass --identities CSV to check that "
+            f"no one is in two splits"
+        )
+    counts = ", ".join(f"{len(ids)} in {split}" for split, ids in by_split.items())
+    where = f" (identities from {source})" if source else " (identities from the file names)"
+    shared = shared_identities(by_split)
+    if not shared:
+        return f"{noun}: {counts}; none in two splits{where}"
+    example = ", ".join(f"{i} in {'+'.join(s)}" for i, s in list(shared.items())[:3])
+    return (
+        f"warning: {len(shared)} {noun} sit in two splits (e.g. {example}){where}: validation and test "
+        f"accuracy overstate the accuracy on new {noun}"
+    )
+
+
+def loss_function(config: TrainConfig) -> torch.nn.Module:
+    """Cross-entropy, with --label-smoothing eps: (1 - eps) * CE + eps * mean over classes of -log p."""
+    return torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+
+def needs_restart_question(config: TrainConfig) -> bool:
+    """True when a checkpoint with weights but no training state (bundled, downloaded) is in the run's way."""
+    path = config.checkpoint
+    if config.restart or not path.is_file():
+        return False
+    return "optim_state_dict" not in load_checkpoint(path)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _announce(config: TrainConfig, splits: TrainingSplits, dist: DistInfo) -> None:
+    """Rank 0's start-up lines: notes on the split, the sizes, the manifest, the identity check."""
+    for note in splits.notes:
+        _say(note)
+    manifest = None
+    if splits.test.samples:
+        manifest = write_test_manifest(splits.test, names.manifest_file(config.checkpoint))
+        if config.manifest_dir is not None:
+            write_test_manifest(
+                splits.test, config.manifest_dir / names.seed_manifest_name(config.data_name, config.run_name)
+            )
+    processes = f" x {dist.world_size} processes (torchrun)" if dist.enabled else ""
+    _say(
+        f"{config.dataset}: {len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test "
+        f"images; classes {', '.join(splits.train.class_names)}; {config.resolved_preprocess} to "
+        f"{config.image_size} px; device {dist.device}{processes}"
+        + (f"; test files listed in {manifest}" if manifest else "")
+    )
+    _say(identity_check(config, splits))
+
+
+def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] | None:
+    """Train (or resume) one model; returns the metrics written (None on ranks but 0).
+
+    `dist` comes from distributed.setup(); without it this is a plain single-process run.
+    """
+    dist = dist or DistInfo(device=pick_device(config.device))
+    device, main = dist.device, dist.is_main
+    seed_everything(config.seed)
+    preprocess = config.resolved_preprocess
+    splits = training_splits(
+        config.dataset,
+        config.data_dir,
+        config.max_per_class,
+        config.seed,
+        config.image_size,
+        preprocess,
+        config.split_by,
+    )
+    class_names = splits.train.class_names
+    checkpoint = config.checkpoint
+    if main:
+        _announce(config, splits, dist)
+    amp_dtype = pick_amp_dtype(device) if config.amp else None
+    if config.amp and main:
+        if amp_dtype is None:
+            _say(f"note: --amp has no effect on {device.type} (mixed precision is for CUDA GPUs); training in float32")
+        else:
+            _say(f"mixed precision: {str(amp_dtype).removeprefix('torch.')} autocast")
+    # On the CPU, inductor's C++ build of this network took 14 minutes on a 2-core machine:
+    # a CPU run does not earn that back.
+    compile_model = config.compile and device.type == "cuda"
+    if config.compile and not compile_model and main:
+        _say(f"note: --compile is for CUDA GPUs (compiling for {device.type} takes minutes); training uncompiled")
+
+    # Under torchrun every rank decodes the whole train and val split (N times the work
+    # and memory on one machine): a rank's shard changes every epoch, and a full cache
+    # on every rank keeps that simple and the ranks identical.
+    train_cache = DatasetCache(splits.train).fill(config.workers, "decoding train", progress=main)
+    sampler = train_sampler(train_cache, dist, config.seed) if dist.enabled else None
+    if sampler is None:
+        loader_train = DataLoader(train_cache, batch_size=config.batch_size, shuffle=True)
+    else:
+        loader_train = DataLoader(train_cache, batch_size=config.batch_size, sampler=sampler)
+    loader_val = None
+    if splits.val.samples:
+        val_cache = DatasetCache(splits.val).fill(config.workers, "decoding val", progress=main)
+        loader_val = DataLoader(eval_shard(val_cache, dist), batch_size=256)
+    log_shard(sampler, dist, len(train_cache))
+
+    network = build_network(config.network, len(class_names), config.dropout, config.block_dropout)
+    metadata = {
+        "class_names": class_names,
+        "image_size": config.image_size,
+        "preprocess": preprocess,
+        "network": config.network,
+        "loss": config.loss,
+        "dataset": config.dataset,
+        "seed": config.seed,
+        "schedule": config.schedule,
+        "ema": config.ema,
+    }
+    trainer = CheckpointTrainer(
+        network,
+        loss_function(config),
+        checkpoint,
+        config.epochs,
+        every_layer_loss=config.loss == "every",
+        metadata=metadata,
+        seed=config.seed,
+        resume=not config.restart,
+        lr=config.lr,
+        gamma=config.gamma,
+        schedule=config.schedule,
+        ema_decay=config.ema,
+        device=device,
+        augment=augmentations.for_dataset(config.augment, config.dataset),
+        dist=dist,
+        amp_dtype=amp_dtype,
+        channels_last=config.channels_last,
+        compile_model=compile_model,
+    )
+    try:
+        history = trainer.train(loader_train, loader_val)
+    except KeyboardInterrupt:
+        if main:
+            _say(
+                f"\ninterrupted: {checkpoint} holds epoch {trainer.ep} of {config.epochs}; "
+                "run the same command again to resume"
+            )
+        raise SystemExit(130) from None
+    if not main:
+        return None  # rank 0 alone judges the test split and writes the metrics
+
+    report: dict[str, Any] = {"test": None}
+    if splits.test.samples:
+        # The test split is judged with the best-validation weights, as they are the ones to use.
+        best = load_checkpoint(trainer.best_path)
+        trainer.network.load_state_dict(best["net_state_dict"])
+        loader_test = DataLoader(DatasetCache(splits.test).fill(config.workers, "decoding test"), batch_size=256)
+        scores = Classification.from_predictions(*trainer.predict(loader_test), class_names)
+        print(scores.format())
+        report = {**scores.to_json(), "best_epoch": best.get("epoch")}
+    report.update(checkpoint=str(checkpoint), best_checkpoint=str(trainer.best_path), notes=splits.notes)
+    report["settings"] = {**config.settings(), "preprocess": preprocess}
+    if dist.enabled:
+        report["settings"]["processes"] = dist.world_size
+    report["history"] = trainer.history  # every epoch, also those before a resume
+    metrics_path = names.metrics_file(checkpoint)
+    if history or not metrics_path.exists():
+        # A rerun of a finished run trains nothing: keep the metrics of the run that did.
+        metrics_path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"checkpoint: {checkpoint}\nbest weights: {trainer.best_path}\nmetrics: {metrics_path}")
+    return report
