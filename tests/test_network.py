@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from model_network import Network, NetworkMultiLoss, build_network, network_kind, num_classes_of
 from wtl.checkpoints import loading
+from wtl.nets import blocks as net_blocks
+from wtl.nets.seed import Architecture, architecture_of
 
 # --------------------------------------------------------------------------- the published layouts, literally
 
@@ -296,3 +298,19 @@ def test_dropout_rates_do_not_change_the_weights_layout() -> None:
         torch.testing.assert_close(default.eval()(images), other.eval()(images))
     rates = [m.p for m in build_network("last", dropout=0.3, block_dropout=0.1).modules() if hasattr(m, "p")]
     assert sorted(rates) == [0.1, 0.1, 0.1, 0.3]
+
+
+@pytest.mark.parametrize("kind", ["last", "every"])
+@pytest.mark.parametrize("blocks, kernel, width", [(4, 5, 32), (3, 5, 32), (2, 3, 8), (3, 3, 16)])
+def test_the_architecture_knobs_build_and_are_read_back_from_the_keys(kind, blocks, kernel, width):
+    architecture = Architecture(blocks, kernel, width)
+    network = build_network(kind, 3, architecture=architecture).eval()
+    assert architecture_of(network.state_dict()) == architecture and network_kind(network.state_dict()) == kind
+    outputs = network.block_outputs(torch.rand(2, 3, 32, 32))
+    assert [o.shape[1] for o in outputs] == [width * 2**i for i in range(blocks)]
+    assert [o.shape[-1] for o in outputs] == [32 // 2 ** (i + 1) for i in range(blocks)]
+    assert [b.number for b in net_blocks.blocks(network)] == list(range(1, blocks + 1))
+    assert net_blocks.kernel_of(network) == kernel
+    # The original architecture keeps the published key names.
+    if architecture == Architecture():
+        assert set(network.state_dict()) == set(build_network(kind, 3).state_dict())

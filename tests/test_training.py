@@ -390,6 +390,12 @@ def test_classification_report() -> None:
     assert report["per_class"]["c"]["precision"] == 1.0 and report["per_class"]["c"]["recall"] == 0.5
     text = scores.format()
     assert "66.67% on 6 images" in text and "0.800" in text
+    # The Keras document's report: rows in % of their true class, macro and support-weighted averages.
+    assert all(sum(row) == pytest.approx(100.0) for row in report["confusion_matrix_percent"])
+    assert report["confusion_matrix_percent"][1] == [0.0, 100.0, 0.0]
+    assert report["macro_avg"]["f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    assert report["weighted_avg"]["recall"] == pytest.approx(4 / 6) and report["weighted_avg"]["support"] == 6
+    assert "macro avg" in text and "weighted avg" in text and "(100.0%)" in text
 
 
 # --------------------------------------------------------------------------- broken checkpoints through the CLI

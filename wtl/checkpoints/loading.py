@@ -13,7 +13,7 @@ from wtl import names
 from wtl.checkpoints.finding import bundled_checkpoint
 from wtl.checkpoints.io import load_checkpoint
 from wtl.errors import CheckpointError
-from wtl.nets.seed import build_network, network_kind, num_classes_of
+from wtl.nets.seed import architecture_of, build_network, network_kind, num_classes_of
 
 # The class names of the original project's published checkpoints, which carry none.
 DEFAULT_CLASS_NAMES = {
@@ -83,7 +83,7 @@ def load_model(source: str | Path, device: torch.device | str = "cpu") -> Loaded
     try:
         kind = network_kind(state)
         num_classes = num_classes_of(state)
-        network = build_network(kind, num_classes)
+        network = build_network(kind, num_classes, architecture=architecture_of(state))
         network.load_state_dict(state, strict=True)
     except (ValueError, RuntimeError) as error:
         first = str(error).strip().splitlines()[0]

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import torch
 
     from wtl.checkpoints.loading import LoadedModel
+    from wtl.plot.style import Look
 
 SCRIPT = "where_to_look.py"
 
@@ -32,11 +33,27 @@ def positive(text: str) -> int:
 
 
 def output_flags(p: argparse.ArgumentParser, npz: bool = True, out: Path = Path("outputs")) -> None:
-    """--out, --save-npz, --show."""
+    """--out, --save-npz, --show, and how heatmaps look: --cmap, --alpha, --grey."""
     p.add_argument("--out", type=Path, default=out, help=f"folder for the PNGs (default {out}/)")
     if npz:
         p.add_argument("--save-npz", action="store_true", help="also write the numbers beside each PNG")
     p.add_argument("--show", action="store_true", help="also open windows (where a display exists)")
+    look = p.add_argument_group("how heatmaps look")
+    look.add_argument("--cmap", help="any matplotlib colour map, e.g. jet, magma, Reds (default jet)")
+    look.add_argument("--alpha", type=float, default=0.5, help="the heatmap's opacity over the picture (default 0.5)")
+    look.add_argument("--grey", action="store_true", help="draw the picture under the heatmap in greyscale")
+
+
+def look_of(args: argparse.Namespace, cmap: str | None = None) -> Look:
+    """The Look the --cmap, --alpha and --grey flags ask for (`cmap`: the command's own default colour map)."""
+    from wtl.errors import UsageError
+    from wtl.plot.style import CMAP, Look, check_look
+
+    chosen = args.cmap or cmap or CMAP
+    problem = check_look(chosen, args.alpha)
+    if problem:
+        raise UsageError(problem)
+    return Look(cmap=chosen, alpha=args.alpha, grey=args.grey)
 
 
 def device_flag(p: argparse.ArgumentParser) -> None:

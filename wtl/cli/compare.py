@@ -75,5 +75,5 @@ def run(args: argparse.Namespace) -> list[Path]:
     outputs.json(result.to_json(), "compare")
     arrays = {f"{m}_{c}": a for m, per in result.maps.items() for c, a in per.items()}
     arrays.update({f"std_{c}": a for c, a in result.std.items()})
-    outputs.save(compare_figure(result, f"{args.method} maps on {args.split}"), "compare", arrays)
+    outputs.save(compare_figure(result, f"{args.method} maps on {args.split}", common.look_of(args)), "compare", arrays)
     return outputs.written

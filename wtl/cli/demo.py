@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> list[Path]:
 
     device = pick_device(args.device)
     outputs = Outputs(args.out, args.save_npz)
+    look = common.look_of(args)
     model = common.open_model(args.model, "malaria", args.models_dir, device, bundled_only=True)
     if args.data_dir:
         cells = demo.manifest_cells(test_manifest(model.path), model.path.name, args.data_dir, args.seed)
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         cells = demo.demo_cells()
     truths = [t for _, t in cells]
     result = explain(model, [p for p, _ in cells], "cam", "last")
-    draw(result, outputs, truths)
+    draw(result, outputs, truths, look=look)
     correct = 0
     print(f"\n{'cell':<52}{'true':<13}{'predicted':<22}")
     for i, (path, truth) in enumerate(cells):
@@ -51,15 +52,15 @@ def run(args: argparse.Namespace) -> list[Path]:
         print(f"{path.name:<52}{truth:<13}{predicted} {float(result.probabilities[i].max()):.1%}{verdict}")
     print(f"{correct} of {len(cells)} demo cells classified correctly by {model.path.name}\n")
     title = f"Where the network looks: last-block CAM of the demo cells ({model.path.name})"
-    outputs.save(demo_sheet([result], truths, title), "demo_contact_sheet")
+    outputs.save(demo_sheet([result], truths, title, look), "demo_contact_sheet")
     few = [p for p, t in cells if t == "Parasitized"][:2] + [p for p, t in cells if t == "Uninfected"][:1]
     if args.model:
         if model.kind == "every":
-            draw(explain(model, few, "cam", "every"), outputs)
+            draw(explain(model, few, "cam", "every"), outputs, look=look)
         else:
             print(f"note: {model.path.name} is a last-block Network: the every-block pictures need a NetworkMultiLoss")
     else:
         for view in ("multi-last", "multi-every"):
             every = common.open_model(None, view, args.models_dir, device, bundled_only=True)
-            draw(explain(every, few, "cam", "every"), outputs)
+            draw(explain(every, few, "cam", "every"), outputs, look=look)
     return outputs.written

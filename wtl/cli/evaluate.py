@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> list[Path]:
         from wtl.plot.report import write_report
 
         details = {"model": shown_path(model.path), "data": f"{args.data_dir} ({args.split}, {len(dataset)} images)"}
-        index = write_report(result, outputs.folder / f"{stem}_report", model, device, details=details)
+        report_folder = outputs.folder / f"{stem}_report"
+        index = write_report(result, report_folder, model, device, details=details, look=common.look_of(args))
         outputs.written.append(index)
         print(f"report: {index} (open it in a browser)")
     return outputs.written

@@ -23,7 +23,7 @@ EXAMPLE = "python where_to_look.py features --block 3 --channels 8 --class Paras
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of `features`."""
-    p.add_argument("--block", type=int, default=4, help="which conv block, 1..4 (default 4)")
+    p.add_argument("--block", type=int, help="which conv block, 1..n (default the last: 4 for the original networks)")
     p.add_argument("--channels", type=common.positive, default=8, help="how many channels (default 8)")
     p.add_argument("--class", dest="class_", help="whose evidence (name or index; default Parasitized, else class 0)")
     p.add_argument("--image", type=Path, nargs="+", help="pictures for the real examples (default: the demo cells)")
@@ -85,15 +85,16 @@ def run(args: argparse.Namespace) -> list[Path]:
     if class_index is None:
         class_index = class_of_interest(model.class_names) or 0
     name = model.class_names[class_index]
+    block = stages.block_count(network) if args.block is None else args.block
     try:
-        stages.check_block(args.block, stages.block_count(network))
+        stages.check_block(block, stages.block_count(network))
     except ValueError as error:
-        raise UsageError(f"--block {args.block}: {error}") from None
-    available = stages.channel_count(network, args.block)
+        raise UsageError(f"--block {block}: {error}") from None
+    available = stages.channel_count(network, block)
     if args.channels > available:
-        raise UsageError(f"--channels {args.channels}: block {args.block} has 1..{available} channels")
+        raise UsageError(f"--channels {args.channels}: block {block} has 1..{available} channels")
     pictures = _pictures(args, model)
-    print(f"class {name}; {len(pictures)} pictures for the real examples; block {args.block}, {args.channels} channels")
+    print(f"class {name}; {len(pictures)} pictures for the real examples; block {block}, {args.channels} channels")
     outputs = Outputs(args.out, args.save_npz)
     stem = names.features_stem(model.path)
 
@@ -101,11 +102,11 @@ def run(args: argparse.Namespace) -> list[Path]:
         for chunk in chunks(pictures, 64):
             yield load_batch(chunk, model.image_size, model.preprocess).to(device)
 
-    head = stages.block_head(network, args.block) is not None
+    head = stages.block_head(network, block) is not None
     rank = None if head else torch.cat(list(picture_batches()))
     view = channel_view(
         network,
-        args.block,
+        block,
         class_index,
         args.channels,
         rank,
@@ -127,10 +128,13 @@ def run(args: argparse.Namespace) -> list[Path]:
     kernels = stages.filters(network)
     outputs.save(figures.filters_figure(kernels, f"block 1 filters ({model.path.name})"), f"{stem}_filters")
     first = load_batch(pictures[:1], model.image_size, model.preprocess).to(device)[0]
-    maps = stages.feature_maps(network, args.block, channels, first)
-    title = f"block {args.block}: the {len(channels)} channels for {name} on {pictures[0].name}"
-    fig = figures.feature_maps_figure(first.cpu().numpy(), maps.numpy(), channels.tolist(), weights.tolist(), title)
-    outputs.save(fig, f"{stem}_maps_block{args.block}_{pictures[0].stem}")
+    maps = stages.feature_maps(network, block, channels, first)
+    title = f"block {block}: the {len(channels)} channels for {name} on {pictures[0].name}"
+    look = common.look_of(args, cmap=figures.FEATURE_CMAP)
+    fig = figures.feature_maps_figure(
+        first.cpu().numpy(), maps.numpy(), channels.tolist(), weights.tolist(), title, look.cmap
+    )
+    outputs.save(fig, f"{stem}_maps_block{block}_{pictures[0].stem}")
     blocks = stages.head_blocks(network)
     class_images, class_logits = maximize_class(network, class_index, blocks, args.steps, args.seed, model.image_size)
     outputs.save(
@@ -145,7 +149,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         channels.tolist(),
         weights.tolist(),
         examples.best_mean.tolist(),
-        f"{model.path.name}, block {args.block}: the {len(channels)} channels with the largest {source} for {name}",
+        f"{model.path.name}, block {block}: the {len(channels)} channels with the largest {source} for {name}",
     )
     numbers = {
         **view.arrays(),
@@ -155,7 +159,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         "class_maximizer_blocks": np.array(blocks),
         "class_index": class_index,
         "class_names": np.array(model.class_names),
-        "block": args.block,
+        "block": block,
     }
-    outputs.save(sheet, f"{stem}_block{args.block}_{name}", numbers)
+    outputs.save(sheet, f"{stem}_block{block}_{name}", numbers)
     return outputs.written

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> list[Path]:
         model, args.data_dir, args.count, args.seed, class_index, args.method, args.batch_size
     )
     outputs = Outputs(args.out, args.save_npz)
-    drawing.render_gender100(maps, outputs, model)
+    look = common.look_of(args)
+    drawing.render_gender100(maps, outputs, model, look)
     shares = gender100.region_shares(maps, model.image_size, model.preprocess)
     _print_regions(shares)
     outputs.json({"regions": faces.REGIONS, "preprocess": model.preprocess, "shares": shares}, "gender100_regions")
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     face = drawing.display_face(
         (maps.faces["Male"] + maps.faces["Female"]) / 2, drawing.aspect_of(model, maps.files["Male"])
     )
-    drawing.render_overlay(maps.heatmaps["Male"], maps.heatmaps["Female"], face, outputs, model.path.name)
+    drawing.render_overlay(maps.heatmaps["Male"], maps.heatmaps["Female"], face, outputs, model.path.name, look)
     return outputs.written
 
 
@@ -96,7 +97,7 @@ def run_overlay(args: argparse.Namespace) -> list[Path]:
         raise UsageError("overlay needs gender100's results: --image gender100_male.npz gender100_female.npz")
     male, female, face, aspect = read_gender100(args.image)
     outputs = Outputs(args.out, args.save_npz)
-    drawing.render_overlay(
-        male, female, drawing.display_face(face, aspect), outputs, ", ".join(p.name for p in args.image)
-    )
+    look = common.look_of(args)
+    source = ", ".join(p.name for p in args.image)
+    drawing.render_overlay(male, female, drawing.display_face(face, aspect), outputs, source, look)
     return outputs.written

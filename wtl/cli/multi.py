@@ -35,8 +35,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     class_index = common.class_index_of(args.class_, model.class_names)
     pictures = common.pictures_of(args, model)
     outputs = Outputs(args.out, args.save_npz)
+    look = common.look_of(args)
     for chunk in chunks(pictures, args.batch_size):
         files = [p for p, _ in chunk]
         result = explain(model, files, args.method, "every", class_index, args.fuse, args.batch_size)
-        draw(result, outputs)
+        draw(result, outputs, look=look)
     return outputs.written

@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     class_index = common.class_index_of(args.class_, model.class_names)
     pictures = common.pictures_of(args, model)
     outputs = Outputs(args.out, args.save_npz)
+    look = common.look_of(args)
     for chunk in chunks(pictures, args.batch_size):
         result = explain(model, [p for p, _ in chunk], args.method, "last", class_index, batch_size=args.batch_size)
-        draw(result, outputs, [t for _, t in chunk])
+        draw(result, outputs, [t for _, t in chunk], look=look)
     return outputs.written

@@ -57,6 +57,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--loss", choices=["last", "every"], help="for --network every: loss on the last block or summed over all"
     )
     model.add_argument(
+        "--blocks",
+        type=int,
+        choices=range(1, 7),
+        default=4,
+        metavar="N",
+        help="conv blocks of the network (default 4, the original; each halves the resolution)",
+    )
+    model.add_argument("--kernel", type=int, choices=(3, 5, 7), default=5, help="conv kernel side (default 5)")
+    model.add_argument("--width", type=int, default=32, help="block 1's channels, doubled by each block (default 32)")
+    model.add_argument(
         "--dropout", type=float, default=DROPOUT, help=f"dropout before the classifier (default {DROPOUT})"
     )
     model.add_argument(
@@ -116,8 +126,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     runtime.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster on GPUs)")
     runtime.add_argument("--compile", action="store_true", help="torch.compile the network (falls back if it fails)")
     args = p.parse_args(argv)
-    if args.image_size <= 0 or args.image_size % 16:
-        p.error("--image-size must be a positive multiple of 16")
+    if args.image_size <= 0 or args.image_size % 16 or args.image_size % 2**args.blocks:
+        p.error(f"--image-size must be a positive multiple of 16 (and of 2^{args.blocks} for {args.blocks} blocks)")
+    if args.width < 1:
+        p.error("--width must be positive")
     for name in ("epochs", "batch_size", "max_per_class"):
         value = getattr(args, name)
         if value is not None and value <= 0:

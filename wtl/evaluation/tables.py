@@ -19,9 +19,12 @@ def format_table(result: EvaluationResult) -> str:
     """The evaluation as text, with the sanity check's table when it ran."""
     report = result.classification
     lines = [f"accuracy {100 * report.accuracy:.2f}% on {report.images} images"]
-    for name, m in report.per_class.items():
+    averages = [("macro avg", report.macro), ("weighted avg", report.weighted)]
+    for name, m in [*report.per_class.items(), *averages]:
         lines.append(f"  {name:<14} precision {m.precision:.3f}  recall {m.recall:.3f}  f1 {m.f1:.3f}  n={m.support}")
     lines.append("  confusion (rows true): " + "  ".join(str(row) for row in report.confusion))
+    percent = "  ".join("[" + ", ".join(f"{v:.1f}%" for v in row) + "]" for row in report.confusion_percent)
+    lines.append(f"  confusion, % of each true class: {percent}")
     for block, block_report in result.blocks.items():
         lines.append(f"  {block} head accuracy {100 * block_report.accuracy:.2f}%")
     lines += ["", f"heatmaps explaining {result.explained_class}:"]

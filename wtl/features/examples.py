@@ -10,34 +10,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wtl.features.stages import CHUNK, block_activations, check_block, check_channels, device_of
+from wtl.features.stages import CHUNK, block_activations, check_channels, device_of
+from wtl.nets.blocks import kernel_of
 
 DEFAULT_EXAMPLES = 6
 
 
-def receptive_field(block: int) -> tuple[int, int, int]:
+def receptive_field(block: int, kernel: int = 5) -> tuple[int, int, int]:
     """(size, stride, offset) in pixels: unit (i, j) of block b sees rows/cols [stride*i + offset, ... + size).
 
-    Walked layer by layer from one pixel (size 1, stride 1, centre 0): a 5x5 'same' conv adds
-    4 * stride to the size; a 2x2 max pool adds 1 * stride, moves the centre by stride / 2 and
-    doubles the stride. offset = centre - (size - 1) / 2.
+    Walked layer by layer from one pixel (size 1, stride 1, centre 0): a k x k 'same' conv adds
+    (k - 1) * stride to the size; a 2x2 max pool adds 1 * stride, moves the centre by stride / 2
+    and doubles the stride. offset = centre - (size - 1) / 2.
     """
-    check_block(block)
+    if block < 1:
+        raise ValueError(f"block {block} does not exist (blocks count from 1)")
     size, stride, centre = 1, 1, 0.0
     for _ in range(block):
-        size += 4 * stride  # conv 5x5, padding 2: the centre stays
+        size += (kernel - 1) * stride  # conv k x k, 'same' padding: the centre stays
         size += stride  # max pool 2x2, stride 2
         centre += stride / 2
         stride *= 2
     return size, stride, int(centre - (size - 1) / 2)
 
 
-def crop_patches(images: Tensor, positions: Tensor, block: int) -> Tensor:
+def crop_patches(images: Tensor, positions: Tensor, block: int, kernel: int = 5) -> Tensor:
     """(N, 3, s, s) receptive-field patches of images (N, 3, H, W) at block positions (N, 2) (row, col).
 
     Parts outside the image are zero (black), as the first conv's zero padding sees them.
     """
-    size, stride, offset = receptive_field(block)
+    size, stride, offset = receptive_field(block, kernel)
     padded = F.pad(images, (size, size, size, size))
     corners = (stride * positions + offset + size).tolist()  # top-left corners in the padded images
     return torch.stack([padded[i, :, t : t + size, c : c + size] for i, (t, c) in enumerate(corners)])
@@ -87,7 +89,7 @@ def top_patches(
         values, image = peak.topk(take, dim=0)  # (take, K)
         spot = flat.gather(0, image)
         position = torch.stack([spot // width, spot % width], dim=-1)  # (take, K, 2)
-        crops = crop_patches(batch[image.flatten()].cpu(), position.flatten(0, 1), block)
+        crops = crop_patches(batch[image.flatten()].cpu(), position.flatten(0, 1), block, kernel_of(network))
         candidate = (
             values.T,
             (image + seen).T,

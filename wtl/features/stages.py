@@ -31,7 +31,7 @@ def block_count(network: nn.Module) -> int:
     return len(net_blocks.blocks(network))
 
 
-def check_block(block: int, count: int = 4) -> None:
+def check_block(block: int, count: int) -> None:
     """ValueError unless block is one of 1..count."""
     if not 1 <= block <= count:
         raise ValueError(f"block {block} does not exist (expected 1..{count})")
@@ -118,7 +118,7 @@ def block_head(network: nn.Module, block: int) -> tuple[Tensor, Tensor] | None:
 
 
 def filters(network: nn.Module) -> Tensor:
-    """Block 1's kernels (32, 3, 5, 5), each min-max scaled to [0, 1] on its own (colours kept relative)."""
+    """Block 1's kernels (C, 3, k, k), each min-max scaled to [0, 1] on its own (colours kept relative)."""
     conv = block_stages(network)[0][0]
     assert isinstance(conv, nn.Conv2d)
     return normalize(conv.weight.detach().float().cpu())

@@ -63,6 +63,29 @@ class Classification:
             scores[name] = ClassScores(precision, recall, f1, actual)
         return scores
 
+    @property
+    def confusion_percent(self) -> list[list[float]]:
+        """The confusion matrix with each row divided by its true images, in % (a row without images: zeros)."""
+        return [[100.0 * v / sum(row) if sum(row) else 0.0 for v in row] for row in self.confusion]
+
+    @property
+    def macro(self) -> ClassScores:
+        """Precision, recall and F1 averaged over the classes alike (support: all images)."""
+        scores = list(self.per_class.values())
+        precision, recall, f1 = (
+            sum(getattr(s, f) for s in scores) / len(scores) for f in ("precision", "recall", "f1")
+        )
+        return ClassScores(precision, recall, f1, self.images)
+
+    @property
+    def weighted(self) -> ClassScores:
+        """Precision, recall and F1 averaged over the classes weighted by their support."""
+        scores, total = list(self.per_class.values()), self.images or 1
+        precision, recall, f1 = (
+            sum(getattr(s, f) * s.support for s in scores) / total for f in ("precision", "recall", "f1")
+        )
+        return ClassScores(precision, recall, f1, self.images)
+
     def to_json(self) -> dict[str, Any]:
         """The report as the JSON the trainer's metrics file and evaluate write."""
         return {
@@ -70,22 +93,30 @@ class Classification:
             "images": self.images,
             "class_names": list(self.class_names),
             "confusion_matrix": [list(row) for row in self.confusion],
+            "confusion_matrix_percent": self.confusion_percent,
             "per_class": {name: scores.to_json() for name, scores in self.per_class.items()},
+            "macro_avg": self.macro.to_json(),
+            "weighted_avg": self.weighted.to_json(),
         }
 
     def format(self) -> str:
-        """The report as the text table that notebook 003 of the original project prints."""
+        """The report as the Keras document's text: counts and row percentages, per-class and averaged scores."""
         names = self.class_names
         width = max(12, *(len(n) for n in names))
         lines = [
             f"accuracy: {100 * self.accuracy:.2f}% on {self.images} images",
             "",
-            "confusion matrix (rows: true, columns: predicted)",
-            " " * width + "".join(f"{n:>{width}}" for n in names),
+            "confusion matrix (rows: true, columns: predicted; in brackets: % of the row)",
+            " " * width + "".join(f"{n:>{width + 9}}" for n in names),
         ]
-        for name, row in zip(names, self.confusion):
-            lines.append(f"{name:<{width}}" + "".join(f"{v:>{width}}" for v in row))
+        for name, row, percent in zip(names, self.confusion, self.confusion_percent):
+            cells = "".join(f"{f'{v} ({p:.1f}%)':>{width + 9}}" for v, p in zip(row, percent))
+            lines.append(f"{name:<{width}}{cells}")
         lines += ["", f"{'':<{width}}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}"]
-        for name, m in self.per_class.items():
+        rows = [*self.per_class.items(), ("", None), ("macro avg", self.macro), ("weighted avg", self.weighted)]
+        for name, m in rows:
+            if m is None:
+                lines.append("")
+                continue
             lines.append(f"{name:<{width}}{m.precision:>10.3f}{m.recall:>10.3f}{m.f1:>10.3f}{m.support:>10d}")
         return "\n".join(lines)

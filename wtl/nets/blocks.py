@@ -40,7 +40,7 @@ def blocks(network: nn.Module) -> list[Block]:
     """The conv blocks of one of Where to look's networks, first to last."""
     if isinstance(network, Network):
         found = []
-        ends = network.BLOCK_ENDS
+        ends = network.block_ends
         for number, end in enumerate(ends, start=1):
             layer = network.features[end]
             if isinstance(layer, Down):  # seq is (conv, pool, bn, relu)
@@ -50,16 +50,11 @@ def blocks(network: nn.Module) -> list[Block]:
             found.append(Block(number, layer, stage, head=number == len(ends)))
         return found
     if isinstance(network, NetworkMultiLoss):
-        n = network
-        layers = [
-            (n.conv1, n.pool1, n.bn1, n.relu1),
-            (n.conv2, n.pool2, n.bn2, n.relu2),
-            (n.conv3, n.pool3, n.bn3, n.relu3),
-            (n.conv4, n.pool4, n.bn4, n.relu4),
-        ]
+        count = network.architecture.blocks
+        layers = [network.layers(number) for number in range(1, count + 1)]
         return [
             Block(number, relu, nn.Sequential(conv, pool, bn), head=True, transform=transform)
-            for number, ((conv, pool, bn, relu), transform) in enumerate(zip(layers, n.transforms()), start=1)
+            for number, ((conv, pool, bn, relu), transform) in enumerate(zip(layers, network.transforms()), start=1)
         ]
     raise TypeError(f"{type(network).__name__} is not one of Where to look's networks; name its layers instead")
 
@@ -90,3 +85,10 @@ def head_modules(network: nn.Module) -> list[nn.Module]:
     modules: list[nn.Module] = [network.get_submodule("classifier")]
     modules += [b.transform for b in blocks(network) if b.transform is not None and isinstance(b.transform, nn.Linear)]
     return modules
+
+
+def kernel_of(network: nn.Module) -> int:
+    """The side of the convolution kernels of a network's blocks (5 for the original networks)."""
+    conv = blocks(network)[0].stage[0]
+    assert isinstance(conv, nn.Conv2d)
+    return int(conv.kernel_size[0])

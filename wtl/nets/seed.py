@@ -1,12 +1,17 @@
 """The two networks of Where to look: a GAP classifier and its every-block-head sibling.
 
 Both take RGB images in [0, 1] (no normalisation outside the network, as the
-published weights expect) of any size divisible by 16, and keep the module names
-of the original project so that its published checkpoints load with strict=True.
+published weights expect) of any size divisible by 2^blocks, and keep the module
+names of the original project so that its published checkpoints load with strict=True.
+Their shape is an `Architecture`: the original's 4 blocks of 5 x 5 convolutions with
+32, 64, 128, 256 channels by default; fewer blocks, 3 x 3 kernels or another width are
+knobs (model_main.py --blocks, --kernel, --width), read back from a checkpoint's keys.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,22 +19,42 @@ from torch import nn
 
 from wtl.nets.registry import BLOCK_DROPOUT, DROPOUT
 
-# Channels after each of the four conv blocks; every block halves the resolution.
-BLOCK_CHANNELS = (32, 64, 128, 256)
+
+@dataclass(frozen=True)
+class Architecture:
+    """How deep, how wide and with which kernel the network is."""
+
+    blocks: int = 4
+    kernel: int = 5
+    width: int = 32  # block 1's channels; each block doubles them
+
+    def __post_init__(self) -> None:
+        if self.blocks < 1 or self.kernel < 1 or self.kernel % 2 == 0 or self.width < 1:
+            raise ValueError(f"an architecture needs >= 1 blocks, an odd kernel and a width >= 1, not {self}")
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """Channels after each block: width, 2 width, 4 width, ..."""
+        return tuple(self.width * 2**i for i in range(self.blocks))
 
 
-def _conv(in_channels: int, out_channels: int) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size=5, padding="same")
+ORIGINAL = Architecture()
+# Channels after each of the original four conv blocks; every block halves the resolution.
+BLOCK_CHANNELS = ORIGINAL.channels
+
+
+def _conv(in_channels: int, out_channels: int, kernel: int = 5) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size=kernel, padding="same")
 
 
 class Down(nn.Module):
-    """One conv block: Conv 5x5 'same' -> MaxPool 2x2 -> BatchNorm -> ReLU."""
+    """One conv block: Conv 'same' -> MaxPool 2x2 -> BatchNorm -> ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel: int = 5) -> None:
         super().__init__()
         # `seq` and this exact order are part of the published state-dict keys.
         self.seq = nn.Sequential(
-            _conv(in_channels, out_channels),
+            _conv(in_channels, out_channels, kernel),
             nn.MaxPool2d(2),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(),
@@ -39,40 +64,36 @@ class Down(nn.Module):
         return self.seq(x)
 
 
-# The original project's dropout: 0.5 before the classifier, 0.2 (whole channels) after blocks 1-3.
-# Dropout has no weights, so other rates (model_main's --dropout, --block-dropout) load the same checkpoints.
-
-
-def _classifier(num_classes: int, dropout: float = DROPOUT) -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(BLOCK_CHANNELS[-1], num_classes))
+def _classifier(in_features: int, num_classes: int, dropout: float = DROPOUT) -> nn.Sequential:
+    return nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_features, num_classes))
 
 
 class Network(nn.Module):
-    """Four conv blocks, global average pooling and one linear classifier (CAM-ready)."""
+    """Conv blocks, global average pooling and one linear classifier (CAM-ready)."""
 
-    def __init__(self, num_classes: int = 2, dropout: float = DROPOUT, block_dropout: float = BLOCK_DROPOUT) -> None:
+    def __init__(
+        self,
+        num_classes: int = 2,
+        dropout: float = DROPOUT,
+        block_dropout: float = BLOCK_DROPOUT,
+        architecture: Architecture = ORIGINAL,
+    ) -> None:
         super().__init__()
-        c1, c2, c3, c4 = BLOCK_CHANNELS
-        # Block 4 is spelled out instead of being a Down so that the published keys
-        # features.6 (conv) and features.8 (batch norm) keep matching.
-        self.features = nn.Sequential(
-            Down(3, c1),
-            nn.Dropout2d(block_dropout),
-            Down(c1, c2),
-            nn.Dropout2d(block_dropout),
-            Down(c2, c3),
-            nn.Dropout2d(block_dropout),
-            _conv(c3, c4),
-            nn.MaxPool2d(2),
-            nn.BatchNorm2d(c4),
-            nn.ReLU(),
-        )
+        self.architecture = architecture
+        channels, kernel = (3, *architecture.channels), architecture.kernel
+        layers: list[nn.Module] = []
+        for i in range(architecture.blocks - 1):
+            layers += [Down(channels[i], channels[i + 1], kernel), nn.Dropout2d(block_dropout)]
+        # The last block is spelled out instead of being a Down so that the published keys
+        # features.6 (conv) and features.8 (batch norm) of the four-block network keep matching.
+        last_in, last_out = channels[-2], channels[-1]
+        layers += [_conv(last_in, last_out, kernel), nn.MaxPool2d(2), nn.BatchNorm2d(last_out), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
         self.gap = nn.AdaptiveAvgPool2d(1)
-        self.classifier = _classifier(num_classes, dropout)
-
-    # Where each block ends in `features`: blocks 1-3 are the Downs at 0, 2, 4 (a Dropout2d follows
-    # each), block 4 ends with its ReLU at 9. nets.blocks reads the blocks from here alone.
-    BLOCK_ENDS = (0, 2, 4, 9)
+        self.classifier = _classifier(last_out, num_classes, dropout)
+        # Where each block ends in `features`: the Downs at 0, 2, 4, ... (a Dropout2d follows each),
+        # the last block with its ReLU at the end (9 for four blocks). nets.blocks reads them from here.
+        self.block_ends = (*range(0, 2 * (architecture.blocks - 1), 2), len(layers) - 1)
 
     def forward(self, x: torch.Tensor, return_cam: bool = False) -> Any:
         """Logits, or (logits, last block's features) when return_cam is set."""
@@ -81,48 +102,59 @@ class Network(nn.Module):
         return (logits, features) if return_cam else logits
 
     def block_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The outputs of the four conv blocks (after their ReLU)."""
+        """The outputs of the conv blocks (after their ReLU)."""
         outputs = []
         for index, layer in enumerate(self.features):
             x = layer(x)
-            if index in self.BLOCK_ENDS:
+            if index in self.block_ends:
                 outputs.append(x)
         return tuple(outputs)
 
 
 class NetworkMultiLoss(nn.Module):
-    """The same four blocks, each with its own head: GAP -> transform_i -> shared classifier."""
+    """The same blocks, each with its own head: GAP -> transform_i -> shared classifier.
 
-    def __init__(self, num_classes: int = 2, dropout: float = DROPOUT) -> None:
+    Block i's layers are conv<i>, pool<i>, bn<i>, relu<i> (the original project's names); blocks
+    before the last reach the classifier through transform<i>.
+    """
+
+    def __init__(self, num_classes: int = 2, dropout: float = DROPOUT, architecture: Architecture = ORIGINAL) -> None:
         super().__init__()
-        c1, c2, c3, c4 = BLOCK_CHANNELS
-        self.conv1, self.pool1, self.bn1, self.relu1 = _conv(3, c1), nn.MaxPool2d(2), nn.BatchNorm2d(c1), nn.ReLU()
-        self.conv2, self.pool2, self.bn2, self.relu2 = _conv(c1, c2), nn.MaxPool2d(2), nn.BatchNorm2d(c2), nn.ReLU()
-        self.conv3, self.pool3, self.bn3, self.relu3 = _conv(c2, c3), nn.MaxPool2d(2), nn.BatchNorm2d(c3), nn.ReLU()
-        self.conv4, self.pool4, self.bn4, self.relu4 = _conv(c3, c4), nn.MaxPool2d(2), nn.BatchNorm2d(c4), nn.ReLU()
+        self.architecture = architecture
+        channels, kernel = (3, *architecture.channels), architecture.kernel
+        for i in range(1, architecture.blocks + 1):
+            setattr(self, f"conv{i}", _conv(channels[i - 1], channels[i], kernel))
+            setattr(self, f"pool{i}", nn.MaxPool2d(2))
+            setattr(self, f"bn{i}", nn.BatchNorm2d(channels[i]))
+            setattr(self, f"relu{i}", nn.ReLU())
         self.gap = nn.AdaptiveAvgPool2d(1)
-        self.classifier = _classifier(num_classes, dropout)
-        # Blocks 1-3 have fewer channels than the classifier expects: a linear map
-        # (no non-linearity) lifts their pooled features to 256, which keeps every
-        # block's head linear in its feature maps, so an exact CAM exists per block.
-        self.transform1 = nn.Linear(c1, c4)
-        self.transform2 = nn.Linear(c2, c4)
-        self.transform3 = nn.Linear(c3, c4)
+        self.classifier = _classifier(channels[-1], num_classes, dropout)
+        # Earlier blocks have fewer channels than the classifier expects: a linear map (no
+        # non-linearity) lifts their pooled features to the last block's width, which keeps
+        # every block's head linear in its feature maps, so an exact CAM exists per block.
+        for i in range(1, architecture.blocks):
+            setattr(self, f"transform{i}", nn.Linear(channels[i], channels[-1]))
+
+    def layers(self, block: int) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+        """Block `block`'s (conv, pool, bn, relu), 1 for the first block."""
+        return tuple(self.get_submodule(f"{name}{block}") for name in ("conv", "pool", "bn", "relu"))  # type: ignore[return-value]
 
     def block_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The outputs of the four conv blocks (after their ReLU)."""
-        x1 = self.relu1(self.bn1(self.pool1(self.conv1(x))))
-        x2 = self.relu2(self.bn2(self.pool2(self.conv2(x1))))
-        x3 = self.relu3(self.bn3(self.pool3(self.conv3(x2))))
-        x4 = self.relu4(self.bn4(self.pool4(self.conv4(x3))))
-        return x1, x2, x3, x4
+        """The outputs of the conv blocks (after their ReLU)."""
+        outputs = []
+        for block in range(1, self.architecture.blocks + 1):
+            conv, pool, bn, relu = self.layers(block)
+            x = relu(bn(pool(conv(x))))
+            outputs.append(x)
+        return tuple(outputs)
 
     def transforms(self) -> tuple[nn.Module, ...]:
-        """The per-block maps into the classifier's 256 inputs (identity for block 4)."""
-        return self.transform1, self.transform2, self.transform3, nn.Identity()
+        """The per-block maps into the classifier's inputs (identity for the last block)."""
+        lifts = [self.get_submodule(f"transform{i}") for i in range(1, self.architecture.blocks)]
+        return (*lifts, nn.Identity())
 
     def forward(self, x: torch.Tensor, return_features: bool = False, return_outputs: bool = False) -> Any:
-        """Last block's logits; the four block outputs; or ((x_i, logits_i) for each block)."""
+        """Last block's logits; the block outputs; or ((x_i, logits_i) for each block)."""
         blocks = self.block_outputs(x)
         if return_features:
             return blocks
@@ -135,13 +167,17 @@ class NetworkMultiLoss(nn.Module):
 
 
 def build_network(
-    kind: str, num_classes: int = 2, dropout: float = DROPOUT, block_dropout: float = BLOCK_DROPOUT
+    kind: str,
+    num_classes: int = 2,
+    dropout: float = DROPOUT,
+    block_dropout: float = BLOCK_DROPOUT,
+    architecture: Architecture = ORIGINAL,
 ) -> nn.Module:
     """Network for kind 'last', NetworkMultiLoss for kind 'every' (which has no block dropout)."""
     if kind == "last":
-        return Network(num_classes, dropout, block_dropout)
+        return Network(num_classes, dropout, block_dropout, architecture)
     if kind == "every":
-        return NetworkMultiLoss(num_classes, dropout)
+        return NetworkMultiLoss(num_classes, dropout, architecture)
     raise ValueError(f"unknown network kind {kind!r} (expected 'last' or 'every')")
 
 
@@ -149,9 +185,22 @@ def network_kind(state_dict: dict) -> str:
     """'last' or 'every', read from a state dict's keys (not from a file name)."""
     if "conv1.weight" in state_dict and "transform1.weight" in state_dict:
         return "every"
-    if "features.0.seq.0.weight" in state_dict:
+    if "conv1.weight" in state_dict and "classifier.2.weight" in state_dict and "conv2.weight" not in state_dict:
+        return "every"  # a one-block NetworkMultiLoss has no transform
+    if "features.0.seq.0.weight" in state_dict or "features.0.weight" in state_dict:
         return "last"
     raise ValueError("the weights are neither a Network nor a NetworkMultiLoss")
+
+
+def architecture_of(state_dict: dict) -> Architecture:
+    """The architecture a state dict was trained with: blocks, kernel and width, read off its weights."""
+    if network_kind(state_dict) == "every":
+        convs = sorted(int(m.group(1)) for key in state_dict if (m := re.fullmatch(r"conv(\d+)\.weight", key)))
+        first = state_dict["conv1.weight"]
+        return Architecture(len(convs), int(first.shape[-1]), int(first.shape[0]))
+    downs = {int(m.group(1)) for key in state_dict if (m := re.fullmatch(r"features\.(\d+)\.seq\.0\.weight", key))}
+    first = state_dict["features.0.seq.0.weight"] if downs else state_dict["features.0.weight"]
+    return Architecture(len(downs) + 1, int(first.shape[-1]), int(first.shape[0]))
 
 
 def num_classes_of(state_dict: dict) -> int:

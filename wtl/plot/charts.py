@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from wtl.evaluation.compare import Comparison
 from wtl.evaluation.result import EvaluationResult, ViewScores
-from wtl.plot.style import CMAP, FEATURE_CMAP
+from wtl.plot.style import FEATURE_CMAP, LOOK, Look
 
 Bar = tuple[Callable[[ViewScores], float | None], str, str]  # (the figure of a view, label, colour)
 POINTING_BARS: tuple[Bar, ...] = (
@@ -78,7 +78,7 @@ def metrics_chart(result: EvaluationResult, title: str = "") -> Figure:
     return fig
 
 
-def compare_figure(comparison: Comparison, title: str = "") -> Figure:
+def compare_figure(comparison: Comparison, title: str = "", look: Look = LOOK) -> Figure:
     """Per class a row: each model's average map, then their pixel-wise std; pair numbers in the title."""
     models = list(comparison.maps)
     classes = list(comparison.std)
@@ -90,13 +90,13 @@ def compare_figure(comparison: Comparison, title: str = "") -> Figure:
     for row, name in enumerate(classes):
         for column, model in enumerate(models):
             ax = axes[row][column]
-            image = ax.imshow(comparison.maps[model][name], cmap=CMAP, vmin=0.0, vmax=1.0)
+            image = ax.imshow(comparison.maps[model][name], cmap=look.cmap, vmin=0.0, vmax=1.0)
             ax.set_title(f"{model}\n{name}: average map", fontsize=9)
         ax = axes[row][-1]
         spread = ax.imshow(comparison.std[name], cmap=FEATURE_CMAP, vmin=0.0)
         ax.set_title(f"{name}: std across models", fontsize=9)
         fig.colorbar(spread, ax=ax, fraction=0.046, pad=0.02)
-    fig.colorbar(image, ax=list(axes[:, -2]), fraction=0.046, pad=0.02, label="mean relative evidence")
+    fig.colorbar(image, ax=list(axes[:, -2]), fraction=0.046, pad=0.02, label=f"mean {look.label}")
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])

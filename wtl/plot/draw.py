@@ -18,6 +18,7 @@ from wtl import names
 from wtl.maps.explain import Result
 from wtl.plot.maps import blocks_figure, contact_sheet, single_figure
 from wtl.plot.outputs import Outputs
+from wtl.plot.style import LOOK, Look
 
 LOSS_TEXT = {"every": "every-block loss", "last": "last-block loss"}
 
@@ -32,6 +33,7 @@ def draw(
     out: Path | str | Outputs,
     truths: Sequence[str | None] | None = None,
     save_npz: bool | None = None,
+    look: Look = LOOK,
 ) -> list[Path]:
     """Write one PNG per picture of `result` (and its npz with save_npz): the single or the every-block view.
 
@@ -40,6 +42,7 @@ def draw(
         out: a folder, or the Outputs of a command (which keeps names unique across calls).
         truths: the true class of each picture, shown in the caption (None: unknown).
         save_npz: also write the numbers (default: False for a folder, the Outputs' own setting otherwise).
+        look: the colour map, opacity and underlay of the heatmaps (plot.style.Look).
 
     Returns:
         The PNGs written.
@@ -49,8 +52,8 @@ def draw(
         outputs.save_npz = save_npz
     truths = list(truths) if truths is not None else [None] * len(result)
     if result.blocks is None:
-        return [_single(result, i, truths[i], outputs) for i in range(len(result))]
-    return [_every_block(result, i, outputs) for i in range(len(result))]
+        return [_single(result, i, truths[i], outputs, look) for i in range(len(result))]
+    return [_every_block(result, i, outputs, look) for i in range(len(result))]
 
 
 def _common_numbers(result: Result, i: int) -> dict[str, object]:
@@ -68,7 +71,7 @@ def _common_numbers(result: Result, i: int) -> dict[str, object]:
     }
 
 
-def _single(result: Result, i: int, truth: str | None, outputs: Outputs) -> Path:
+def _single(result: Result, i: int, truth: str | None, outputs: Outputs, look: Look) -> Path:
     """The single view of picture i: the original beside its last-block map, titled with class and probability."""
     classes, probabilities = result.class_names, result.probabilities[i]
     predicted, shown = int(result.predictions[i]), int(result.class_index[i])
@@ -81,12 +84,13 @@ def _single(result: Result, i: int, truth: str | None, outputs: Outputs) -> Path
     if truth is not None:
         caption += f"  (true class: {truth})"
     heat = as_numpy(result.heatmap[i])
-    fig = single_figure(result.inputs.picture(i), heat, f"{classes[shown]} {probabilities[shown]:.1%}", caption)
+    title = f"{classes[shown]} {probabilities[shown]:.1%}"
+    fig = single_figure(result.inputs.picture(i), heat, title, caption, look)
     numbers = {**_common_numbers(result, i), "cam": as_numpy(result.cam[i]), "heatmap": heat}
     return outputs.save(fig, names.single_picture(result.inputs.names[i], result.method), numbers)
 
 
-def _every_block(result: Result, i: int, outputs: Outputs) -> Path:
+def _every_block(result: Result, i: int, outputs: Outputs, look: Look) -> Path:
     """The every-block view of picture i: per block its mean activation and its map, and their fusion."""
     assert result.blocks is not None
     blocks, classes, model = result.blocks, result.class_names, result.model
@@ -111,7 +115,7 @@ def _every_block(result: Result, i: int, outputs: Outputs) -> Path:
     mean_heats = [as_numpy(h[i]) for h in blocks.mean_heatmaps]
     fused = as_numpy(result.fused[i])
     picture = result.inputs.picture(i)
-    fig = blocks_figure(picture, mean_heats, heats, titles, heading, fused, fused_title=f"fused ({result.fusion})")
+    fig = blocks_figure(picture, mean_heats, heats, titles, heading, fused, f"fused ({result.fusion})", look)
     numbers: dict[str, object] = {
         **_common_numbers(result, i),
         # The last block's map under the single view's names, so that both views' files read alike.
@@ -140,7 +144,7 @@ def _label(result: Result, i: int) -> str:
     return source.name if isinstance(source, Path) else result.inputs.names[i]
 
 
-def demo_sheet(results: Sequence[Result], truths: Sequence[str], title: str) -> Figure:
+def demo_sheet(results: Sequence[Result], truths: Sequence[str], title: str, look: Look = LOOK) -> Figure:
     """The contact sheet of the demo: every picture under its map, titled green where right, red where wrong."""
     pictures, heats, titles, correct = [], [], [], []
     rows = [(r, i) for r in results for i in range(len(r))]
@@ -150,6 +154,6 @@ def demo_sheet(results: Sequence[Result], truths: Sequence[str], title: str) -> 
         heats.append(as_numpy(result.heatmap[i]))
         titles.append(f"true {truth}\npred {predicted} {float(result.probabilities[i].max()):.0%}")
         correct.append(predicted == truth)
-    fig = contact_sheet(pictures, heats, titles, correct)
+    fig = contact_sheet(pictures, heats, titles, correct, look)
     fig.suptitle(title)
     return fig

@@ -51,7 +51,7 @@ def filters_figure(kernels: Any, title: str = "block 1 filters") -> Figure:
 
 
 def feature_maps_figure(
-    image: Any, maps: Any, channels: Sequence[int], weights: Sequence[float], title: str = ""
+    image: Any, maps: Any, channels: Sequence[int], weights: Sequence[float], title: str = "", cmap: str = FEATURE_CMAP
 ) -> Figure:
     """The image, then each chosen channel's activation map (K, h, w) over it, titled with its weight.
 
@@ -73,7 +73,7 @@ def feature_maps_figure(
     for ax, activation, channel, weight in zip(axes[1:], activations, channels, weights):
         # The map at block resolution, stretched over the image it was computed from.
         artist = ax.imshow(
-            activation, cmap=FEATURE_CMAP, vmin=0.0, vmax=top, extent=(0, width, height, 0), interpolation="nearest"
+            activation, cmap=cmap, vmin=0.0, vmax=top, extent=(0, width, height, 0), interpolation="nearest"
         )
         peak = float(activation.max())
         ax.set_title(f"channel {int(channel)}\nweight {float(weight):+.3g}, max {peak:.2f}", fontsize=8)

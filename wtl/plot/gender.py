@@ -13,6 +13,7 @@ from wtl.data.images import original_image
 from wtl.evaluation.gender100 import GENDERS, GenderMaps
 from wtl.plot.maps import blend_figure, gender100_figure, regions_figure
 from wtl.plot.outputs import Outputs
+from wtl.plot.style import LOOK, Look
 
 
 def display_face(face: np.ndarray, aspect: float) -> np.ndarray:
@@ -33,7 +34,7 @@ def aspect_of(model: LoadedModel, files: Sequence[str]) -> float:
     return picture.shape[1] / picture.shape[0]
 
 
-def render_gender100(maps: GenderMaps, outputs: Outputs, model: LoadedModel) -> list[Path]:
+def render_gender100(maps: GenderMaps, outputs: Outputs, model: LoadedModel, look: Look = LOOK) -> list[Path]:
     """The two averaged maps side by side over their mean faces, and each gender's alone with its numbers.
 
     Each gender's numbers are always saved (gender100_male.npz, gender100_female.npz): overlay reads them.
@@ -42,13 +43,13 @@ def render_gender100(maps: GenderMaps, outputs: Outputs, model: LoadedModel) -> 
     faces = {g: display_face(maps.faces[g], aspect) for g in GENDERS}
     titles = [f"{g}: mean map of {len(maps.files[g])} test faces" for g in GENDERS]
     heading = f"Gender100 ({model.path.name})"
-    fig = gender100_figure([faces[g] for g in GENDERS], [maps.heatmaps[g] for g in GENDERS], titles, heading)
+    fig = gender100_figure([faces[g] for g in GENDERS], [maps.heatmaps[g] for g in GENDERS], titles, heading, look)
     numbers: dict[str, object] = {f"heatmap_{g.lower()}": maps.heatmaps[g] for g in GENDERS}
     numbers.update({f"face_{g.lower()}": maps.faces[g] for g in GENDERS})
     numbers.update({f"files_{g.lower()}": np.array(maps.files[g]) for g in GENDERS})
     written = [outputs.save(fig, "gender100", numbers, always_npz=True)]
     for gender, title in zip(GENDERS, titles):
-        fig = gender100_figure([faces[gender]], [maps.heatmaps[gender]], [title], heading)
+        fig = gender100_figure([faces[gender]], [maps.heatmaps[gender]], [title], heading, look)
         one = {
             "gender": gender,
             "heatmap": maps.heatmaps[gender],
@@ -67,9 +68,11 @@ def render_regions(maps: GenderMaps, shares: dict, model: LoadedModel, outputs: 
     return outputs.save(regions_figure(faces, shares, model.image_size, model.preprocess), "gender100_regions")
 
 
-def render_overlay(male: np.ndarray, female: np.ndarray, face: np.ndarray, outputs: Outputs, source: str) -> Path:
+def render_overlay(
+    male: np.ndarray, female: np.ndarray, face: np.ndarray, outputs: Outputs, source: str, look: Look = LOOK
+) -> Path:
     """OverlayMaleFemale: both maps blended over the mean face of both genders, and male minus female."""
     blended = (male + female) / 2
-    fig = blend_figure(face, blended, male - female, f"Gender100 maps blended, (male + female) / 2 ({source})")
+    fig = blend_figure(face, blended, male - female, f"Gender100 maps blended, (male + female) / 2 ({source})", look)
     numbers = {"heatmap_male": male, "heatmap_female": female, "blended": blended, "difference": male - female}
     return outputs.save(fig, "gender_overlay", numbers)

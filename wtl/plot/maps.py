@@ -19,22 +19,29 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
 from wtl.metrics import faces as face_regions
-from wtl.plot.style import ALPHA, CMAP, DIFFERENCE_ALPHA, DIFFERENCE_CMAP, DPI, title_colour
+from wtl.plot.style import DIFFERENCE_ALPHA, DIFFERENCE_CMAP, DPI, LOOK, Look, greyscale, title_colour
 
 
-def overlay(ax: Axes, image: np.ndarray, heat: np.ndarray | None, title: str = "", alpha: float = ALPHA) -> AxesImage:
-    """Draw an RGB image and, stretched exactly over it, a [0, 1] heatmap (jet, alpha 0.5).
+def overlay(ax: Axes, image: np.ndarray, heat: np.ndarray | None, title: str = "", look: Look = LOOK) -> AxesImage:
+    """Draw an RGB image and, stretched exactly over it, a heatmap in the look's colours (jet at alpha 0.5).
 
     The heatmap lives at the network's square input resolution; giving it the
     image's own extent stretches it back over the original picture, which is
     shown at its true aspect ratio, so nothing is distorted and the two align.
     """
     height, width = image.shape[:2]
+    picture = greyscale(image) if look.grey else image
     # Cells are often smaller than the panel: smooth the upscaling instead of showing blocks.
-    artist = ax.imshow(image, extent=(0, width, height, 0), interpolation="bilinear")
+    artist = ax.imshow(picture, extent=(0, width, height, 0), interpolation="bilinear")
     if heat is not None:
         artist = ax.imshow(
-            heat, cmap=CMAP, alpha=alpha, vmin=0.0, vmax=1.0, extent=(0, width, height, 0), interpolation="bilinear"
+            heat,
+            cmap=look.cmap,
+            alpha=look.alpha,
+            vmin=look.vmin,
+            vmax=look.vmax,
+            extent=(0, width, height, 0),
+            interpolation="bilinear",
         )
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
@@ -51,13 +58,13 @@ def save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def single_figure(image: np.ndarray, heat: np.ndarray, title: str, caption: str = "") -> Figure:
+def single_figure(image: np.ndarray, heat: np.ndarray, title: str, caption: str = "", look: Look = LOOK) -> Figure:
     """Original next to its CAM overlay, titled with class and probability."""
     fig = Figure(figsize=(7.2, 3.9), layout="constrained")
     left, right = fig.subplots(1, 2)
     overlay(left, image, None, "original")
-    artist = overlay(right, image, heat, title)
-    fig.colorbar(artist, ax=right, fraction=0.046, pad=0.02, label="relative evidence")
+    artist = overlay(right, image, heat, title, look)
+    fig.colorbar(artist, ax=right, fraction=0.046, pad=0.02, label=look.label)
     if caption:
         fig.suptitle(caption, fontsize=9)
     return fig
@@ -71,6 +78,7 @@ def blocks_figure(
     suptitle: str,
     fused: np.ndarray | None = None,
     fused_title: str = "fused",
+    look: Look = LOOK,
 ) -> Figure:
     """Every-block view: top row the mean activation per block, bottom row each block's map, first their fusion."""
     fig = Figure(figsize=(13.5, 6.2), layout="constrained")
@@ -79,17 +87,21 @@ def blocks_figure(
     if fused is None:
         axes[1][0].set_axis_off()
     else:
-        overlay(axes[1][0], image, fused, fused_title)
+        overlay(axes[1][0], image, fused, fused_title, look)
     for i, (mean_heat, cam_heat, title) in enumerate(zip(mean_heats, cam_heats, block_titles), start=1):
-        overlay(axes[0][i], image, mean_heat, f"block {i}: mean activation")
-        artist = overlay(axes[1][i], image, cam_heat, title)
-    fig.colorbar(artist, ax=list(axes[:, -1]), fraction=0.046, pad=0.02, label="relative evidence")
+        overlay(axes[0][i], image, mean_heat, f"block {i}: mean activation", look)
+        artist = overlay(axes[1][i], image, cam_heat, title, look)
+    fig.colorbar(artist, ax=list(axes[:, -1]), fraction=0.046, pad=0.02, label=look.label)
     fig.suptitle(suptitle, fontsize=12)
     return fig
 
 
 def contact_sheet(
-    images: Sequence[np.ndarray], heats: Sequence[np.ndarray], titles: Sequence[str], correct: Sequence[bool | None]
+    images: Sequence[np.ndarray],
+    heats: Sequence[np.ndarray],
+    titles: Sequence[str],
+    correct: Sequence[bool | None],
+    look: Look = LOOK,
 ) -> Figure:
     """A grid of overlays; titles green where the prediction is right, red where wrong."""
     count = len(images)
@@ -98,7 +110,7 @@ def contact_sheet(
     fig = Figure(figsize=(2.6 * columns, 2.9 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     for ax, image, heat, title, ok in zip(axes, images, heats, titles, correct):
-        overlay(ax, image, heat, title)
+        overlay(ax, image, heat, title, look)
         ax.title.set_color(title_colour(ok))
     for ax in axes[count:]:
         ax.set_axis_off()
@@ -106,26 +118,28 @@ def contact_sheet(
 
 
 def gender100_figure(
-    faces: Sequence[np.ndarray], heats: Sequence[np.ndarray], titles: Sequence[str], suptitle: str
+    faces: Sequence[np.ndarray], heats: Sequence[np.ndarray], titles: Sequence[str], suptitle: str, look: Look = LOOK
 ) -> Figure:
     """The averaged maps side by side, each over the mean face of the images that made it."""
     fig = Figure(figsize=(4.2 * len(heats) + 0.8, 4.8), layout="constrained")
     axes = fig.subplots(1, len(heats))
     for ax, face, heat, title in zip(np.atleast_1d(axes), faces, heats, titles):
-        artist = overlay(ax, face, heat, title)
-    fig.colorbar(artist, ax=list(np.atleast_1d(axes)), fraction=0.046, pad=0.02, label="mean relative evidence")
+        artist = overlay(ax, face, heat, title, look)
+    fig.colorbar(artist, ax=list(np.atleast_1d(axes)), fraction=0.046, pad=0.02, label=f"mean {look.label}")
     fig.suptitle(suptitle, fontsize=11)
     return fig
 
 
-def blend_figure(face: np.ndarray, blended: np.ndarray, difference: np.ndarray, title: str) -> Figure:
+def blend_figure(
+    face: np.ndarray, blended: np.ndarray, difference: np.ndarray, title: str, look: Look = LOOK
+) -> Figure:
     """OverlayMaleFemale: the blended map over the mean face, and male minus female over the same face."""
     fig = Figure(figsize=(9.6, 4.8), layout="constrained")
     left, right = fig.subplots(1, 2)
-    artist = overlay(left, face, blended, "both maps blended over the mean face")
-    fig.colorbar(artist, ax=left, fraction=0.046, pad=0.02, label="mean relative evidence")
+    artist = overlay(left, face, blended, "both maps blended over the mean face", look)
+    fig.colorbar(artist, ax=left, fraction=0.046, pad=0.02, label=f"mean {look.label}")
     height, width = face.shape[:2]
-    right.imshow(face, extent=(0, width, height, 0), interpolation="bilinear")
+    right.imshow(greyscale(face) if look.grey else face, extent=(0, width, height, 0), interpolation="bilinear")
     limit = float(np.abs(difference).max()) or 1.0
     artist = right.imshow(
         difference,

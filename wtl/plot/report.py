@@ -27,7 +27,7 @@ from wtl.maps.registry import FUSIONS
 from wtl.metrics.localisation import POINTING_TOLERANCES
 from wtl.metrics.sanity import SanityResult
 from wtl.plot.charts import metrics_chart
-from wtl.plot.style import SHEET_DPI
+from wtl.plot.style import LOOK, SHEET_DPI, Look
 from wtl.plot.tiles import contact_sheet, gallery_cells, tile
 
 THUMBS = "thumbs"
@@ -66,12 +66,14 @@ def _summary(result: EvaluationResult) -> str:
     report = result.classification
     names = list(report.class_names)
     parts = [f"<p>Accuracy <b>{_pct(report.accuracy)}</b> on {_e(report.images)} images.</p>"]
-    confusion = [[_e(name), *(_e(v) for v in row)] for name, row in zip(names, report.confusion)]
-    parts.append("<h3>Confusion matrix (rows: true class, columns: predicted)</h3>")
-    parts.append(_table(["true \\ predicted", *names], confusion))
-    per_class = [
-        [_e(name), _num(m.precision), _num(m.recall), _num(m.f1), _e(m.support)] for name, m in report.per_class.items()
+    confusion = [
+        [_e(name), *(f"{_e(v)} <span class=note>({p:.1f}&nbsp;%)</span>" for v, p in zip(row, percent))]
+        for name, row, percent in zip(names, report.confusion, report.confusion_percent)
     ]
+    parts.append("<h3>Confusion matrix (rows: true class, columns: predicted; in brackets: % of the row)</h3>")
+    parts.append(_table(["true \\ predicted", *names], confusion))
+    scores = [*report.per_class.items(), ("macro avg", report.macro), ("weighted avg", report.weighted)]
+    per_class = [[_e(name), _num(m.precision), _num(m.recall), _num(m.f1), _e(m.support)] for name, m in scores]
     parts.append("<h3>Per class</h3>")
     parts.append(_table(["class", "precision", "recall", "F1", "images"], per_class))
     if result.blocks:
@@ -212,6 +214,7 @@ def write_report(
     max_tiles: int = MAX_TILES,
     details: Mapping[str, Any] | None = None,
     progress: bool = True,
+    look: Look = LOOK,
 ) -> Path:
     """Write the report of an EvaluationResult into `folder`; returns the path of its index.html.
 
@@ -242,7 +245,7 @@ def write_report(
     total = sum(min(len(result.galleries[n]), max_tiles) for n in present)
     with tqdm(total=total, desc="report", unit="tile", disable=not progress, leave=False) as bar:
         for name in present:
-            sections.append(_gallery(name, result, folder, model, device, max_tiles))
+            sections.append(_gallery(name, result, folder, model, device, max_tiles, look))
             bar.update(min(len(result.galleries[name]), max_tiles))
     index = folder / INDEX
     index.write_text(_page(heading, sections), encoding="utf-8")
@@ -268,6 +271,7 @@ def _gallery(
     model: ModelLike | None,
     device: torch.device | str,
     max_tiles: int,
+    look: Look,
 ) -> str:
     """One gallery's section; writes its tiles and contact sheet."""
     records = list(result.galleries[name])
@@ -287,7 +291,7 @@ def _gallery(
     pictures, figures = [], []
     for number, cell in enumerate(cells):
         path = f"{THUMBS}/{name}_{number:03d}.png"
-        picture = tile(cell.image, cell.heat, cell.mask)
+        picture = tile(cell.image, cell.heat, cell.mask, look=look)
         Image.fromarray(picture).save(folder / path, optimize=True)
         pictures.append(picture)
         alt = f"{_name(cell.record.file)}: the cell and its map"

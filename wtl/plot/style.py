@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import matplotlib
 import numpy as np
 
@@ -21,7 +23,43 @@ def title_colour(correct: bool | None) -> str:
     return "black" if correct is None else (RIGHT if correct else WRONG)
 
 
-def colour_map(heat: np.ndarray, cmap: str = CMAP) -> np.ndarray:
-    """A [0, 1] (H, W) heatmap as RGB uint8 (H, W, 3) in the colours the figures draw it."""
-    rgba = matplotlib.colormaps[cmap](np.clip(heat, 0.0, 1.0))
+def colour_map(heat: np.ndarray, cmap: str = CMAP, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
+    """An (H, W) heatmap as RGB uint8 (H, W, 3) in the colours the figures draw it (vmin..vmax spans the map)."""
+    span = (vmax - vmin) or 1.0
+    rgba = matplotlib.colormaps[cmap](np.clip((heat - vmin) / span, 0.0, 1.0))
     return (rgba[..., :3] * 255).round().astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Look:
+    """How a heatmap is laid over a picture: its colour map and opacity, its value range, the picture in grey."""
+
+    cmap: str = CMAP
+    alpha: float = ALPHA
+    grey: bool = False  # the picture under the map in greyscale (the CAM chapter's Reds over grey)
+    vmin: float = 0.0  # the map's values at the two ends of the colour bar
+    vmax: float = 1.0
+    label: str = "relative evidence"  # the colour bar's label
+
+    def labelled(self, label: str) -> Look:
+        """The same look with another colour-bar label."""
+        return replace(self, label=label)
+
+
+LOOK = Look()
+
+
+def check_look(cmap: str, alpha: float) -> str | None:
+    """Why a --cmap / --alpha pair cannot be drawn (one line), or None when it can."""
+    if cmap not in matplotlib.colormaps:
+        return f"--cmap {cmap}: not a matplotlib colour map (e.g. jet, viridis, magma, inferno, Reds, RdBu_r)"
+    if not 0.0 <= alpha <= 1.0:
+        return f"--alpha {alpha}: the opacity must be between 0 and 1"
+    return None
+
+
+def greyscale(picture: np.ndarray) -> np.ndarray:
+    """An RGB picture (uint8 or float) as grey RGB of the same type (ITU-R 601 luma)."""
+    grey = picture[..., 0] * 0.299 + picture[..., 1] * 0.587 + picture[..., 2] * 0.114
+    grey = np.repeat(grey[..., None], 3, axis=-1)
+    return grey.round().astype(picture.dtype) if picture.dtype == np.uint8 else grey.astype(picture.dtype)

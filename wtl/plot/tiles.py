@@ -18,7 +18,7 @@ from wtl.evaluation.result import EvaluationResult, ImageRecord
 from wtl.maps import methods as map_methods
 from wtl.metrics.stain import stain_mask
 from wtl.nets.modes import eval_mode
-from wtl.plot.style import ALPHA, OUTLINE, colour_map, title_colour
+from wtl.plot.style import LOOK, OUTLINE, Look, colour_map, greyscale, title_colour
 
 TILE_SCALE = 2  # thumbnails at twice the network's input size per panel
 
@@ -30,11 +30,13 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
-def tile(image: np.ndarray, heat: np.ndarray | None, mask: np.ndarray, scale: int = TILE_SCALE) -> np.ndarray:
+def tile(
+    image: np.ndarray, heat: np.ndarray | None, mask: np.ndarray, scale: int = TILE_SCALE, look: Look = LOOK
+) -> np.ndarray:
     """One gallery tile (S*H, 2*S*W, 3) uint8: the cell | the cell under its map, both with the stain outlined.
 
     `image` is (H, W, 3) uint8, `heat` (H, W) in [0, 1] (None: the right panel is the cell alone),
-    `mask` (H, W) bool. The map is blended as the views draw it (plot.style).
+    `mask` (H, W) bool. The map is blended as the views draw it (plot.style.Look).
     """
     height, width = image.shape[:2]
     big = (width * scale, height * scale)
@@ -42,8 +44,10 @@ def tile(image: np.ndarray, heat: np.ndarray | None, mask: np.ndarray, scale: in
     if heat is None:
         mapped = cell.copy()
     else:
-        coloured = np.asarray(Image.fromarray(colour_map(heat)).resize(big, Image.Resampling.BILINEAR))
-        mapped = ((1 - ALPHA) * cell + ALPHA * coloured).round().astype(np.uint8)
+        under = greyscale(cell) if look.grey else cell
+        coloured = colour_map(heat, look.cmap, look.vmin, look.vmax)
+        coloured = np.asarray(Image.fromarray(coloured).resize(big, Image.Resampling.BILINEAR))
+        mapped = ((1 - look.alpha) * under + look.alpha * coloured).round().astype(np.uint8)
     edge = outline(np.kron(mask, np.ones((scale, scale), dtype=bool)))
     panels = []
     for panel in (cell, mapped):

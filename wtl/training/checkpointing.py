@@ -60,7 +60,18 @@ class CheckpointTrainer(Trainer):
                 f"{self.chkpt_path}: cannot resume, the checkpoint lacks {', '.join(sorted(missing))} "
                 "(pass --restart to train a new model over it, or another --models-dir)"
             )
-        for key in ("network", "loss", "dataset", "image_size", "class_names", "preprocess", "ema", "schedule"):
+        keys = (
+            "network",
+            "loss",
+            "dataset",
+            "image_size",
+            "class_names",
+            "preprocess",
+            "ema",
+            "schedule",
+            "architecture",
+        )
+        for key in keys:
             if key in checkpoint and key in self.metadata and checkpoint[key] != self.metadata[key]:
                 raise CheckpointError(
                     f"{self.chkpt_path}: was trained with {key}={checkpoint[key]!r}, this run asks for "

@@ -27,7 +27,8 @@ from wtl.data.manifests import write_test_manifest
 from wtl.data.registry import DEFAULT_PREPROCESS
 from wtl.data.splits import TrainingSplits, training_splits
 from wtl.metrics.classification import Classification
-from wtl.nets.seed import BLOCK_DROPOUT, DROPOUT, build_network
+from wtl.nets.registry import BLOCK_DROPOUT, DROPOUT
+from wtl.nets.seed import ORIGINAL, Architecture, build_network
 from wtl.runtime import pick_device, seed_everything
 from wtl.training.checkpointing import CheckpointTrainer
 from wtl.training.distributed import DistInfo, eval_shard, log_shard, train_sampler
@@ -50,6 +51,9 @@ class TrainConfig:
     workers: int = 2
     dropout: float = DROPOUT
     block_dropout: float = BLOCK_DROPOUT
+    blocks: int = ORIGINAL.blocks  # the network's depth, kernel side and block-1 width (the original: 4, 5, 32)
+    kernel: int = ORIGINAL.kernel
+    width: int = ORIGINAL.width
     models_dir: Path = Path("models")
     manifest_dir: Path | None = None
     restart: bool = False
@@ -86,6 +90,11 @@ class TrainConfig:
     def resolved_preprocess(self) -> str:
         """squash or center-crop: the flag, or the data set's default for 'auto'."""
         return DEFAULT_PREPROCESS[self.dataset] if self.preprocess == "auto" else self.preprocess
+
+    @property
+    def architecture(self) -> Architecture:
+        """The network's shape."""
+        return Architecture(self.blocks, self.kernel, self.width)
 
     def settings(self) -> dict[str, Any]:
         """The knobs as JSON-able values, for the metrics file."""
@@ -204,8 +213,9 @@ def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] |
         loader_val = DataLoader(eval_shard(val_cache, dist), batch_size=256)
     log_shard(sampler, dist, len(train_cache))
 
-    network = build_network(config.network, len(class_names), config.dropout, config.block_dropout)
+    network = build_network(config.network, len(class_names), config.dropout, config.block_dropout, config.architecture)
     metadata = {
+        "architecture": dataclasses.asdict(config.architecture),
         "class_names": class_names,
         "image_size": config.image_size,
         "preprocess": preprocess,
