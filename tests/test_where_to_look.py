@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import inspect
 import json
 import os
 import re
@@ -1038,9 +1039,10 @@ def test_heatmap_fused_in_the_npz_is_what_the_panel_draws(trained, cells, tmp_pa
     drawn = []
     original = draw_module.blocks_figure
 
-    def spy(image, mean_heats, cam_heats, titles, heading, fused=None, **kwargs):
-        drawn.append(fused)
-        return original(image, mean_heats, cam_heats, titles, heading, fused, **kwargs)
+    def spy(*args, **kwargs):
+        # Bind by name: the figure's later parameters (titles, the look) may be passed either way.
+        drawn.append(inspect.signature(original).bind(*args, **kwargs).arguments.get("fused"))
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(draw_module, "blocks_figure", spy)
     model = load_model(trained["malaria_every"])
