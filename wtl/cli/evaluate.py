@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     from wtl.runtime import pick_device
 
     device = pick_device(args.device)
-    model = common.open_model(args.model, "malaria", args.models_dir, device)
+    model = common.open_model(args.model, "malaria", args.models_dir, device, plain=common.plain_of(args))
     dataset = dataset_of(model, args)
     outputs = Outputs(args.out, False)
     options = EvaluateOptions(

@@ -79,7 +79,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     from wtl.runtime import pick_device
 
     device = pick_device(args.device)
-    model = common.open_model(args.model, args.dataset or "malaria", args.models_dir, device)
+    model = common.open_model(
+        args.model, args.dataset or "malaria", args.models_dir, device, plain=common.plain_of(args)
+    )
     network = model.network
     class_index = common.class_index_of(args.class_, model.class_names)
     if class_index is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,9 @@ class CheckpointTrainer(Trainer):
             "ema",
             "schedule",
             "architecture",
+            "arch",
+            "pretrained",
+            "freeze_backbone",
         )
         for key in keys:
             if key in checkpoint and key in self.metadata and checkpoint[key] != self.metadata[key]:
@@ -143,8 +147,17 @@ class CheckpointTrainer(Trainer):
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(self.ep)
             label = f"epoch {self.ep + 1}/{self.epochs}"
-            train_loss, train_acc = self.epoch(loader_train, True, f"{label} train")
+            # From the epoch number alone: a resumed run freezes exactly where one that never stopped did.
+            frozen = self.freeze_for(self.ep)
+            wall, cpu = time.perf_counter(), time.process_time()
+            train_loss, train_acc = self.epoch(
+                loader_train, True, f"{label} train" + (" (head only)" if frozen else "")
+            )
             row: dict[str, Any] = {"epoch": self.ep + 1, "train_loss": train_loss, "train_acc": train_acc}
+            # The training pass's own cost (validation left out): wall time, and CPU time of this process.
+            row.update(seconds=time.perf_counter() - wall, cpu_seconds=time.process_time() - cpu)
+            if frozen:
+                row["frozen_backbone"] = True
             if loader_val is not None:
                 val_loss, val_acc = self.epoch(loader_val, False, f"{label} val")
                 row.update(val_loss=val_loss, val_acc=val_acc)
