@@ -34,6 +34,7 @@ from wtl.errors import DatasetError
 Box = tuple[float, float, float, float]
 Point = tuple[float, float]
 KINDS = ("masks", "boxes", "points")
+SINGULAR = {"masks": "mask", "boxes": "box", "points": "point"}
 COLUMNS = {"boxes": ("file", "x0", "y0", "x1", "y1"), "points": ("file", "x", "y")}
 # A mask file may be named as its picture or with one of these endings: cell_12.png or cell_12_mask.png.
 MASK_ENDINGS = ("_mask", "-mask", ".mask")
@@ -283,14 +284,15 @@ class GroundTruth:
         """One line each: what matched, what was left out and why (printed by evaluate)."""
         used, total = len(self.used), len(self.used) + len(self.missing)
         lines = [f"ground truth: {self.description}, for {used} of the {total} {pictures}"]
+        noun = SINGULAR[self.kind]
         if self.missing:
             lines.append(
-                f"note: {len(self.missing)} of the {pictures} have no {self.kind[:-1]} (e.g. {self.missing[0]}): "
+                f"note: {len(self.missing)} of the {total} {pictures} have no {noun} (e.g. {self.missing[0]}): "
                 "left out of the localisation figures"
             )
         if self.empty:
             lines.append(
-                f"note: {len(self.empty)} {self.kind[:-1]} entries are empty at the model's input (e.g. for "
+                f"note: {len(self.empty)} of them have an empty {noun} at the model's input (e.g. "
                 f"{self.empty[0]}): nothing to point at, left out of the localisation figures"
             )
         if self.clipped:
@@ -336,7 +338,8 @@ def check_matches(truth: GroundTruth, pictures: Sequence[Path], split: str) -> N
         return
     example = next(iter(truth.entries), "")
     picture = Path(pictures[0]).name if pictures else "none"
+    where = "the data" if split == "all" else f"the {split} split"
     raise DatasetError(
-        f"{truth.source}: none of its {len(truth.entries)} {truth.kind} matches a picture of the {split} split "
+        f"{truth.source}: none of its {len(truth.entries)} {truth.kind} matches a picture of {where} "
         f"by file name (e.g. {example} against the picture {picture}); name each after its picture"
     )
