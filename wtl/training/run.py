@@ -236,6 +236,7 @@ def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] |
         config.image_size,
         preprocess,
         config.split_by,
+        config.identities,
     )
     class_names = splits.train.class_names
     checkpoint = config.checkpoint
