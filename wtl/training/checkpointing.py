@@ -50,8 +50,19 @@ class CheckpointTrainer(Trainer):
         self.ep = 0
         self.best_val_acc: float | None = 0.0
         self.history: list[dict[str, Any]] = []  # every epoch's row, kept across resumes for the metrics file
+        if self.dist.is_main:
+            self._remove_partial_writes()
         if resume and self.chkpt_path.exists():
             self._resume()
+
+    def _remove_partial_writes(self) -> None:
+        """Delete the temporary files of a write that a killed run left behind (save_checkpoint's `.x.pt.*.part`).
+
+        A kill during save_checkpoint cannot clean up after itself; the checkpoint it was replacing is intact.
+        """
+        for target in (self.chkpt_path, self.best_path):
+            for stale in target.parent.glob(f".{target.name}.*.part"):
+                stale.unlink(missing_ok=True)
 
     def _resume(self) -> None:
         checkpoint = load_checkpoint(self.chkpt_path)
