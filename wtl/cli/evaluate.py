@@ -41,8 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--methods",
         nargs="+",
         choices=list(METHODS),
-        default=["cam", "gradcam"],
-        help="map methods (default cam gradcam)",
+        help="map methods (default cam gradcam; gradcam alone for a network whose head has no exact CAM)",
     )
     common.fuse_flag(p)
     p.add_argument(
@@ -106,6 +105,18 @@ def dataset_of(model: LoadedModel, args: argparse.Namespace, note: bool = True) 
     return dataset
 
 
+def methods_of(args: argparse.Namespace, model: LoadedModel) -> list[str]:
+    """--methods, or the default: cam and gradcam, without cam (and with a note) for a head that has none."""
+    from wtl.nets.blocks import gap_linear_head, head_problem
+
+    if args.methods:
+        return list(args.methods)
+    if gap_linear_head(model.network) is None:
+        print(f"note: no exact CAM ({head_problem(model.network)}): scoring gradcam only")
+        return ["gradcam"]
+    return ["cam", "gradcam"]
+
+
 def run(args: argparse.Namespace) -> list[Path]:
     """Score one model on a split: a table, a JSON file, a chart, and with --report a report folder."""
     from wtl import names
@@ -130,7 +141,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         faithful_images=args.faithful_images,
         truth=truth,
     )
-    result = evaluate(model, dataset, args.methods, options)
+    result = evaluate(model, dataset, methods_of(args, model), options)
     if truth is not None:
         for line in truth.notes("explained pictures"):
             print(line)

@@ -68,12 +68,13 @@ def format_table(result: EvaluationResult) -> str:
 def format_sanity(sanity: SanityResult) -> str:
     """The randomisation test as text: per method the mean Spearman rho after each cumulative stage."""
     stages = list(sanity.stages)
+    width = max(10, *(len(s) + 3 for s in stages))  # torchvision stages have long names (+features.28)
     lines = [
         f"sanity check: rank correlation of each method's maps with the trained model's, after re-initialising "
         f"from the top down ({sanity.images} images; near 1 = the map ignores the weights)",
-        f"{'method':<12}" + "".join(f"{'+' + s if i else s:>10}" for i, s in enumerate(stages)),
+        f"{'method':<12}" + "".join(f"{'+' + s if i else s:>{width}}" for i, s in enumerate(stages)),
     ]
     for method in sanity.rhos:
-        cells = "".join(f"{_number(sanity.mean(method, stage)):>10}" for stage in stages)
+        cells = "".join(f"{_number(sanity.mean(method, stage)):>{width}}" for stage in stages)
         lines.append(f"{method:<12}{cells}")
     return "\n".join(lines)
