@@ -225,6 +225,8 @@ def test_plain_state_dict_loads_with_arch_and_classes(weights: Path) -> None:
     prefixed = weights.with_name("prefixed.pt")
     torch.save({"net_state_dict": {f"module.{k}": v for k, v in plain.items()}, "class_names": ["a", "b"]}, prefixed)
     assert load_model(prefixed, arch="resnet18").class_names == ["a", "b"]
+    raw = load_model(weights, arch="resnet18", normalise="none", image_size=96, preprocess="squash")
+    assert float(raw.network.std.flatten()[0]) == 1.0 and (raw.image_size, raw.preprocess) == (96, "squash")
 
 
 def test_project_checkpoint_of_a_torchvision_network_needs_no_flags(tmp_path: Path) -> None:
@@ -299,3 +301,33 @@ def test_pretrained_weights_fill_the_backbone_and_the_head_starts_new() -> None:
     assert own["fc.weight"].shape == (2, 512) and "new: fc" in note and "120 of 122 tensors" in note
     with pytest.raises(CheckpointError, match="none of its weights fit densenet121"):
         zoo.pretrained("densenet121", 2, imagenet_like, "weights.pt")
+
+
+def test_the_command_lines_answer_bad_weights_in_one_line(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import error_lines
+
+    from wtl.cli import main as cli_main
+
+    cell = next((REPO / "data" / "demo" / "Parasitized").iterdir())
+    mlp_head = tmp_path / "mobilenet_v3_small.pt"
+    torch.save(zoo.build("mobilenet_v3_small", 2).net.state_dict(), mlp_head)
+    whole = tmp_path / "whole.pt"
+    torch.save(zoo.build("resnet18", 2).net, whole)
+    cases = [
+        (["--model", weights], "they fit torchvision's resnet18: pass --arch resnet18"),
+        (["--model", weights, "--arch", "resnet50"], "do not fit resnet50"),
+        (["--model", mlp_head, "--arch", "mobilenet_v3_small"], "Hardswish-Linear (an MLP): use a Grad-CAM method"),
+        (["--model", whole], "torch.save(model.state_dict(), 'weights.pt')"),
+        (["--model", weights, "--arch", "resnet18", "--classes", "a,b,c"], "3 names for weights with 2 classes"),
+    ]
+    for flags, message in cases:
+        code = cli_main.main(["single", "--image", str(cell), "--out", str(tmp_path), *map(str, flags)])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, err
+        (line,) = error_lines(err)
+        assert message in line, line
+    with pytest.raises(SystemExit) as exit_info:  # argparse: an unknown --arch is not among the choices
+        cli_main.main(["single", "--image", str(cell), "--model", str(weights), "--arch", "alexnet"])
+    assert exit_info.value.code == 2 and "invalid choice: 'alexnet'" in capsys.readouterr().err
