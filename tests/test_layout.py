@@ -249,3 +249,33 @@ def test_the_quickstart_notebook_runs(tmp_path: Path, monkeypatch) -> None:
     text = "".join(o.get("text", "") for o in outputs)
     assert "pictures: 10" in text and "fused CAM: peak within 8 px" in text
     assert len(list((tmp_path / "outputs" / "quickstart").glob("*.png"))) == 10
+
+
+# --------------------------------------------------------------------------- what explain takes
+
+
+def test_explain_takes_files_folders_pil_images_and_tensors_alike() -> None:
+    from PIL import Image
+
+    import wtl
+    from wtl.data.images import load_image
+
+    model = wtl.load_model("malaria")
+    cells = sorted((DEMO / "Parasitized").iterdir())[:3]
+    by_file = wtl.explain(model, cells)
+    by_folder = wtl.explain(model, DEMO / "Parasitized")
+    assert len(by_folder) == 10 and torch.equal(by_folder.heatmap[:3], by_file.heatmap)
+    with Image.open(cells[0]) as picture:
+        by_pil = wtl.explain(model, picture.copy())
+    torch.testing.assert_close(by_pil.logits, by_file.logits[:1])
+    batch = torch.stack([load_image(c, model.image_size, model.preprocess) for c in cells])
+    by_tensor = wtl.explain(model, batch)
+    torch.testing.assert_close(by_tensor.heatmap, by_file.heatmap)
+    assert by_tensor.inputs.names == ["image_0", "image_1", "image_2"] and by_file.inputs.names[0] == cells[0].stem
+    # One class for all, or one per picture; batches of any size give the same maps.
+    parasitized, uninfected = wtl.explain(model, cells, class_index=1), wtl.explain(model, cells, class_index=0)
+    mixed = wtl.explain(model, cells, class_index=torch.tensor([0, 1, 0]), batch_size=2)
+    assert mixed.class_index.tolist() == [0, 1, 0]
+    torch.testing.assert_close(mixed.cam, torch.stack([uninfected.cam[0], parasitized.cam[1], uninfected.cam[2]]))
+    with pytest.raises(ValueError, match="blocks"):
+        wtl.explain(model, cells, blocks="some")

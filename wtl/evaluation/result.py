@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from wtl.metrics.classification import Classification
-from wtl.metrics.localisation import POINTING_TOLERANCES, within
+from wtl.metrics.localisation import POINTING_TOLERANCES, hit_rate
 from wtl.metrics.sanity import SanityResult
 
 # The faithfulness numbers of a view, by key: deletion/insertion AUCs, average drop (%), increase (0 or 100).
@@ -70,10 +70,7 @@ class ViewScores:
 
     def pointing(self, tolerance: float) -> float | None:
         """The pointing game's hit rate at `tolerance` px over the counted images (None without any)."""
-        measured = self.distance[~np.isnan(self.distance)]
-        if not len(measured):
-            return None
-        return float(within(torch.from_numpy(measured), tolerance).double().mean())
+        return hit_rate(torch.from_numpy(self.distance), tolerance)
 
     def mean(self, key: str) -> float | None:
         """The mean of one faithfulness or localisation number over the images it was measured on (None without any)."""

@@ -52,10 +52,22 @@ def within(distances: Tensor, tolerance_px: float) -> Tensor:
     return (distances.double() ** 2).round() <= tolerance_px**2
 
 
+def hit_rate(distances: Tensor, tolerance_px: float) -> float | None:
+    """The pointing game's score: the share of the measured distances (NaN: no ground truth) within tolerance_px.
+
+    None when nothing was measured. This is what evaluate reports per method and view.
+    """
+    measured = distances[~distances.isnan()]
+    return float(within(measured, tolerance_px).double().mean()) if len(measured) else None
+
+
 def pointing_hit(heatmap: Tensor, mask: Tensor, tolerance_px: float) -> bool | None:
-    """Whether the heatmap's maximum lies within tolerance_px (Euclidean) of a mask pixel; None for an empty mask."""
-    distance = peak_distance(heatmap, mask)
-    return None if distance is None else bool(within(torch.tensor([distance]), tolerance_px)[0])
+    """Whether one (H, W) heatmap's maximum lies within tolerance_px of a mask pixel; None for an empty mask.
+
+    The pointing game of a single picture: hit_rate of its one peak distance.
+    """
+    rate = hit_rate(peak_distances(heatmap[None], mask[None]), tolerance_px)
+    return None if rate is None else rate == 1.0
 
 
 def relevance_mass(heatmaps: Tensor, masks: Tensor) -> Tensor:
