@@ -242,6 +242,11 @@ def test_project_checkpoint_of_a_torchvision_network_needs_no_flags(tmp_path: Pa
         "squash",
     )
     assert model.single_logit and float(model.network.std.flatten()[0]) == 1.0  # "none" came from the weights
+    bare = tmp_path / "bare.pt"  # the network's own state_dict, without the record around it
+    torch.save(network.state_dict(), bare)
+    with pytest.raises(CheckpointError, match="they fit torchvision's densenet121: pass --arch densenet121"):
+        load_model(bare)
+    assert load_model(bare, arch="densenet121").single_logit
 
 
 @pytest.mark.parametrize(

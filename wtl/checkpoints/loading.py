@@ -124,7 +124,8 @@ def _torchvision_network(path: Path, checkpoint: dict[str, Any], plain: PlainWei
     if recorded is not None and plain.arch is not None and plain.arch != recorded:
         raise CheckpointError(f"{path}: the checkpoint is a {recorded}, not a {plain.arch}: leave --arch out")
     arch = recorded or plain.arch
-    assert arch is not None
+    if arch is None:  # a TorchvisionNet's bare state_dict: its keys, not a record, say what it is
+        raise _unknown_weights(path, state, ValueError("no architecture recorded"))
     if arch not in ZOO:
         raise UsageError(f"--arch {arch}: unknown architecture (expected one of {', '.join(ZOO)})")
     try:
