@@ -2,11 +2,13 @@
 
 The lines come from the READMEs' ```bash blocks, in order, with generated data in place of
 the placeholders (DATA: cells in the Kaggle layout, MY_CELLS: a few patients' cells, FACES:
-faces in the Kaggle layout, cell.png, cells/, face.jpg). `make` lines are left out: `make test`
-is what CI runs around this very test, `make demo` is `python where_to_look.py demo` plus the
-install, and `make benchmark` times the machine. Each line runs in the clone's root with empty
-stdin (a question would end the run), must exit 0, and at the end `git status --porcelain`
-of the clone must be empty: no command writes into the repository's tracked files.
+faces in the Kaggle layout, cell.png, cells/, face.jpg, my_resnet18.pt: a plain torchvision
+state dict, MY_MASKS and my_boxes.csv: masks and boxes of MY_CELLS' Parasitized cells). `make`
+lines are left out: `make test` is what CI runs around this very test, `make demo` is
+`python where_to_look.py demo` plus the install, and `make benchmark` times the machine. Each
+line runs in the clone's root with empty stdin (a question would end the run), must exit 0,
+and at the end `git status --porcelain` of the clone must be empty: no command writes into
+the repository's tracked files.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import REPO, build_gender, build_malaria, cell_image, face_image, git_status, throwaway_clone
+from PIL import Image
+
+from wtl.data.images import load_image
+from wtl.metrics.stain import stain_mask
+from wtl.nets import zoo
 
 READMES = (REPO / "README.md", REPO / "models" / "bundled" / "README.md")
 BLOCK = re.compile(r"```bash\n(.*?)```", re.DOTALL)
@@ -100,7 +108,13 @@ def placeholders(root: Path) -> dict[str, str]:
     for k in range(3):
         cell_image(rng, k % 2 == 0, 52).save(cells / f"cell_{k}.png")
     face_image(rng, 1, 60).save(root / "face.jpg")
+    masks, boxes = own_ground_truth(my_cells, root)
+    weights = root / "my_resnet18.pt"
+    torch.save(zoo.build("resnet18", 2).net.state_dict(), weights)  # a plain torchvision state dict
     return {
+        "my_resnet18.pt": str(weights),
+        "MY_MASKS": str(masks),
+        "my_boxes.csv": str(boxes),
         "MY_CELLS": str(my_cells),
         "DATA": str(data),
         "FACES": str(faces),
@@ -108,6 +122,22 @@ def placeholders(root: Path) -> dict[str, str]:
         "cells/": str(cells) + "/",
         "face.jpg": str(root / "face.jpg"),
     }
+
+
+def own_ground_truth(cells: Path, root: Path) -> tuple[Path, Path]:
+    """A mask (the stain's, at the cell's own size) and the box around it for every Parasitized cell of `cells`."""
+    masks, rows = root / "my_masks", ["file,x0,y0,x1,y1"]
+    for path in sorted((cells / "Parasitized").glob("*.png")):
+        with Image.open(path) as picture:
+            size = picture.width
+        mask = stain_mask(load_image(path, size)).numpy()
+        (masks / "Parasitized").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(masks / "Parasitized" / path.name)
+        if mask.any():
+            ys, xs = np.nonzero(mask)
+            rows.append(f"{path.name},{xs.min()},{ys.min()},{xs.max() + 1},{ys.max() + 1}")
+    (root / "my_boxes.csv").write_text("\n".join(rows) + "\n")
+    return masks, root / "my_boxes.csv"
 
 
 def substitute(line: str, values: dict[str, str]) -> str:

@@ -69,8 +69,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # weights_only refuses any pickle that would import or call code.
+        # A whole pickled model (torch.save(model)) lands here: it would import its class, i.e. run code.
         raise CheckpointError(
-            f"{path}: refused to load, the file is not a plain weights file ({_unpickling_reason(error)})"
+            f"{path}: refused to load, the file is not a plain weights file ({_unpickling_reason(error)}); "
+            "if it is a whole model saved with torch.save(model), save its weights instead, "
+            "torch.save(model.state_dict(), 'weights.pt'), and load that (a torchvision network with --arch NAME)"
         ) from None
     except Exception as error:  # garbage bytes fail in many ways, e.g. a KeyError from a bad pickle memo
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

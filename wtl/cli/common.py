@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wtl import resources
+from wtl.data.registry import PREPROCESS
 from wtl.maps.registry import DEFAULT_FUSION, DEFAULT_METHOD, FUSIONS, METHODS
+from wtl.nets.registry import NORMALISATIONS, ZOO
 from wtl.runtime import DEVICE_CHOICES
 
 if TYPE_CHECKING:
     import torch
 
-    from wtl.checkpoints.loading import LoadedModel
+    from wtl.checkpoints.loading import LoadedModel, PlainWeights
     from wtl.plot.style import Look
 
 SCRIPT = "where_to_look.py"
@@ -62,7 +64,7 @@ def device_flag(p: argparse.ArgumentParser) -> None:
 
 
 def model_flags(p: argparse.ArgumentParser, dataset: bool = False) -> None:
-    """--model, --models-dir (and --dataset), --device."""
+    """--model, --models-dir (and --dataset), --device, and what plain weights are (--arch, --classes...)."""
     p.add_argument("--model", type=Path, help="a checkpoint (default: found in --models-dir, else the bundled one)")
     p.add_argument(
         "--models-dir", type=Path, default=resources.default_models_dir(), help="where trained models are looked for"
@@ -72,6 +74,46 @@ def model_flags(p: argparse.ArgumentParser, dataset: bool = False) -> None:
             "--dataset", choices=["malaria", "gender"], help="without --model: which model (default malaria)"
         )
     device_flag(p)
+    plain_flags(p)
+
+
+def class_list(text: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated class names, 'Uninfected,Parasitized'."""
+    names = tuple(name.strip() for name in text.split(","))
+    if len(names) < 2 or not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give two or more comma-separated class names, e.g. cat,dog")
+    return names
+
+
+def plain_flags(p: argparse.ArgumentParser) -> None:
+    """--arch, --classes, --image-size, --preprocess, --normalise: what weights that do not say (a state_dict) are."""
+    plain = p.add_argument_group(
+        "a torchvision network's plain state_dict (this project's checkpoints record all of these)"
+    )
+    plain.add_argument("--arch", choices=ZOO, metavar="NAME", help="its architecture: " + ", ".join(ZOO))
+    plain.add_argument(
+        "--classes", type=class_list, metavar="A,B", help="its class names in output order (a single logit: two names)"
+    )
+    plain.add_argument("--image-size", type=positive, help="its input side in px (default 224)")
+    plain.add_argument("--preprocess", choices=PREPROCESS, help="how a picture becomes its input (default center-crop)")
+    plain.add_argument(
+        "--normalise",
+        choices=list(NORMALISATIONS),
+        help="the input normalisation it was trained with (default imagenet)",
+    )
+
+
+def plain_of(args: argparse.Namespace) -> PlainWeights:
+    """The PlainWeights the --arch, --classes... flags describe."""
+    from wtl.checkpoints.loading import PlainWeights
+
+    return PlainWeights(
+        arch=getattr(args, "arch", None),
+        classes=getattr(args, "classes", None),
+        image_size=getattr(args, "image_size", None),
+        preprocess=getattr(args, "preprocess", None),
+        normalise=getattr(args, "normalise", None),
+    )
 
 
 def map_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
@@ -115,16 +157,24 @@ def class_index_of(answer: str | None, class_names: Sequence[str]) -> int | None
 
 
 def open_model(
-    model: Path | None, view: str, models_dir: Path, device: torch.device, bundled_only: bool = False
+    model: Path | None,
+    view: str,
+    models_dir: Path,
+    device: torch.device,
+    bundled_only: bool = False,
+    plain: PlainWeights | None = None,
 ) -> LoadedModel:
-    """--model if given, else the view's checkpoint: one the user trained or downloaded first, the bundled one after."""
+    """--model if given, else the view's checkpoint: one the user trained or downloaded first, the bundled one after.
+
+    `plain` (--arch, --classes...) describes weights that do not say what they are.
+    """
     from wtl import names
     from wtl.checkpoints.finding import find_model, model_folders, shown_path
     from wtl.checkpoints.loading import load_model
     from wtl.errors import CheckpointError
 
     if model is not None:
-        loaded = load_model(model, device)
+        loaded = load_model(model, device, plain)
     else:
         name = names.VIEW_MODELS[view]
         folders = [resources.bundled_dir()] if bundled_only else model_folders(models_dir)

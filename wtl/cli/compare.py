@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, action="append", required=True, help="a checkpoint; give it twice or more")
     data_flags(p, required=True)
     common.device_flag(p)
+    common.plain_flags(p)
     common.map_flags(p)
     common.output_flags(p)
 
@@ -39,6 +40,8 @@ def run_labels(paths: list[Path]) -> list[str]:
 
 def run(args: argparse.Namespace) -> list[Path]:
     """Compare the models' maps image by image; print the pair numbers, save them and the average maps."""
+    import dataclasses
+
     from wtl.checkpoints.finding import shown_path
     from wtl.checkpoints.loading import load_model
     from wtl.cli.evaluate import dataset_of
@@ -51,7 +54,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     if not args.model or len(args.model) < 2:
         raise UsageError("compare needs two or more models: --model A.pt --model B.pt")
     device = pick_device(args.device)
-    models = [load_model(path, device) for path in args.model]
+    # --arch describes the plain state dicts among the models; the others say what they are.
+    plain = dataclasses.replace(common.plain_of(args), arch_if_needed=True)
+    models = [load_model(path, device, plain) for path in args.model]
     for model in models:
         print(f"model: {shown_path(model.path)}")
     if any(m.class_names != models[0].class_names for m in models):

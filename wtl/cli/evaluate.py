@@ -13,6 +13,7 @@ from wtl.maps.registry import METHODS
 if TYPE_CHECKING:
     from wtl.checkpoints.loading import LoadedModel
     from wtl.data.datasets import ImageListSet
+    from wtl.data.truth import GroundTruth
 
 SUMMARY = "how good are a model and its heatmaps: accuracy, pointing game, deletion/insertion"
 EXAMPLE = "python where_to_look.py evaluate --model models/bundled/model_malaria_last.pt --data-dir ~/cell_images"
@@ -40,8 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--methods",
         nargs="+",
         choices=list(METHODS),
-        default=["cam", "gradcam"],
-        help="map methods (default cam gradcam)",
+        help="map methods (default cam gradcam; gradcam alone for a network whose head has no exact CAM)",
     )
     common.fuse_flag(p)
     p.add_argument(
@@ -65,7 +65,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     common.model_flags(p)
     p.add_argument("--batch-size", type=common.positive, default=32, help="images per batch")
+    truth = p.add_argument_group(
+        "ground truth of your own (default: the stain mask for malaria cells), for the pointing game, relevance "
+        "mass and rank and the report's outline"
+    ).add_mutually_exclusive_group()
+    truth.add_argument("--masks", type=Path, metavar="DIR", help="one binary mask image per picture, named as it")
+    truth.add_argument(
+        "--boxes", type=Path, metavar="CSV", help="file,x0,y0,x1,y1 in the picture's own pixels (rows may repeat)"
+    )
+    truth.add_argument("--points", type=Path, metavar="CSV", help="file,x,y in the picture's own pixels")
     common.output_flags(p, npz=False)
+
+
+def truth_of(args: argparse.Namespace, model: LoadedModel, dataset: ImageListSet) -> GroundTruth | None:
+    """--masks, --boxes or --points as a GroundTruth at the model's input size; None without them."""
+    from wtl.data.truth import check_matches, load_truth
+
+    for kind in ("masks", "boxes", "points"):
+        source = getattr(args, kind, None)
+        if source is not None:
+            truth = load_truth(kind, source, model.image_size, model.preprocess)
+            check_matches(truth, [path for path, _ in dataset.samples], args.split)
+            return truth
+    return None
 
 
 def dataset_of(model: LoadedModel, args: argparse.Namespace, note: bool = True) -> ImageListSet:
@@ -83,6 +105,18 @@ def dataset_of(model: LoadedModel, args: argparse.Namespace, note: bool = True) 
     return dataset
 
 
+def methods_of(args: argparse.Namespace, model: LoadedModel) -> list[str]:
+    """--methods, or the default: cam and gradcam, without cam (and with a note) for a head that has none."""
+    from wtl.nets.blocks import gap_linear_head, head_problem
+
+    if args.methods:
+        return list(args.methods)
+    if gap_linear_head(model.network) is None:
+        print(f"note: no exact CAM ({head_problem(model.network)}): scoring gradcam only")
+        return ["gradcam"]
+    return ["cam", "gradcam"]
+
+
 def run(args: argparse.Namespace) -> list[Path]:
     """Score one model on a split: a table, a JSON file, a chart, and with --report a report folder."""
     from wtl import names
@@ -94,8 +128,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     from wtl.runtime import pick_device
 
     device = pick_device(args.device)
-    model = common.open_model(args.model, "malaria", args.models_dir, device)
+    model = common.open_model(args.model, "malaria", args.models_dir, device, plain=common.plain_of(args))
     dataset = dataset_of(model, args)
+    truth = truth_of(args, model, dataset)
     outputs = Outputs(args.out, False)
     options = EvaluateOptions(
         device=device,
@@ -104,8 +139,12 @@ def run(args: argparse.Namespace) -> list[Path]:
         sanity_images=max(args.sanity, 0),
         seed=args.seed,
         faithful_images=args.faithful_images,
+        truth=truth,
     )
-    result = evaluate(model, dataset, args.methods, options)
+    result = evaluate(model, dataset, methods_of(args, model), options)
+    if truth is not None:
+        for line in truth.notes("explained pictures"):
+            print(line)
     result.details = {"model": shown_path(model.path), "data_dir": str(args.data_dir), "split": args.split}
     print(format_table(result))  # with the sanity check's table when it ran
     stem = names.evaluation_stem(model.path, args.split)
@@ -116,7 +155,8 @@ def run(args: argparse.Namespace) -> list[Path]:
 
         details = {"model": shown_path(model.path), "data": f"{args.data_dir} ({args.split}, {len(dataset)} images)"}
         report_folder = outputs.folder / f"{stem}_report"
-        index = write_report(result, report_folder, model, device, details=details, look=common.look_of(args))
+        look = common.look_of(args)
+        index = write_report(result, report_folder, model, device, details=details, look=look, truth=truth)
         outputs.written.append(index)
         print(f"report: {index} (open it in a browser)")
     return outputs.written

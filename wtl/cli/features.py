@@ -79,7 +79,14 @@ def run(args: argparse.Namespace) -> list[Path]:
     from wtl.runtime import pick_device
 
     device = pick_device(args.device)
-    model = common.open_model(args.model, args.dataset or "malaria", args.models_dir, device)
+    model = common.open_model(
+        args.model, args.dataset or "malaria", args.models_dir, device, plain=common.plain_of(args)
+    )
+    if model.kind == "torchvision":
+        raise UsageError(
+            "features maps the channels of Where-to-look's own networks (Network, NetworkMultiLoss), not of a "
+            f"{model.arch}: for where it looks, use single or multi --method gradcam"
+        )
     network = model.network
     class_index = common.class_index_of(args.class_, model.class_names)
     if class_index is None:

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     if args.data_dir is None:
         raise UsageError("gender100 needs the gender data set: pass --data-dir PATH")
     device = pick_device(args.device)
-    model = common.open_model(args.model, "gender", args.models_dir, device)
+    model = common.open_model(args.model, "gender", args.models_dir, device, plain=common.plain_of(args))
     gender100.check_gender_model(model)
     class_index = common.class_index_of(args.class_, model.class_names)
     maps = gender100.gender100_maps(

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> list[Path]:
 
     device = pick_device(args.device)
     view = "multi-every" if args.loss == "every" else "multi-last"
-    model = common.open_model(args.model, view, args.models_dir, device)
+    model = common.open_model(args.model, view, args.models_dir, device, plain=common.plain_of(args))
     class_index = common.class_index_of(args.class_, model.class_names)
     pictures = common.pictures_of(args, model)
     outputs = Outputs(args.out, args.save_npz)

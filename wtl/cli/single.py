@@ -16,6 +16,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", type=Path, nargs="+", help="image file(s) or folder(s)")
     common.model_flags(p, dataset=True)
     common.map_flags(p)
+    p.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="the Grad-CAM family's layer, a dotted module name (torchvision's own, e.g. layer3 or layer4.0.conv2; "
+        "default: the last block or stage); cam is exact only at the last one",
+    )
     common.output_flags(p)
 
 
@@ -28,12 +34,15 @@ def run(args: argparse.Namespace) -> list[Path]:
     from wtl.runtime import pick_device
 
     device = pick_device(args.device)
-    model = common.open_model(args.model, args.dataset or "malaria", args.models_dir, device)
+    model = common.open_model(
+        args.model, args.dataset or "malaria", args.models_dir, device, plain=common.plain_of(args)
+    )
     class_index = common.class_index_of(args.class_, model.class_names)
     pictures = common.pictures_of(args, model)
     outputs = Outputs(args.out, args.save_npz)
     look = common.look_of(args)
     for chunk in chunks(pictures, args.batch_size):
-        result = explain(model, [p for p, _ in chunk], args.method, "last", class_index, batch_size=args.batch_size)
+        files = [p for p, _ in chunk]
+        result = explain(model, files, args.method, "last", class_index, batch_size=args.batch_size, layer=args.layer)
         draw(result, outputs, [t for _, t in chunk], look=look)
     return outputs.written

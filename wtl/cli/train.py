@@ -18,7 +18,7 @@ from wtl import resources
 from wtl.cli.prompts import ask
 from wtl.data.registry import AUGMENTATIONS, DATASET_NAMES, PREPROCESS, SPLIT_BY
 from wtl.errors import CheckpointError, NoAnswer, UsageError, WtlError
-from wtl.nets.registry import BLOCK_DROPOUT, DROPOUT, NETWORKS
+from wtl.nets.registry import BLOCK_DROPOUT, DROPOUT, NETWORKS, PRETRAINED_IMAGENET, ZOO
 from wtl.runtime import DEVICE_CHOICES
 from wtl.training.registry import SCHEDULES
 
@@ -52,7 +52,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--workers", type=int, default=2, help="processes that decode images into the cache (default 2)")
 
     model = p.add_argument_group("model")
-    model.add_argument("--network", choices=NETWORKS, help="CAM of the last block only, or of every block")
+    model.add_argument(
+        "--network",
+        choices=NETWORKS,
+        metavar="{last,every,resnet18,...}",
+        help="last: CAM of the last block only; every: of every block; or a torchvision network: " + ", ".join(ZOO),
+    )
+    model.add_argument(
+        "--pretrained",
+        metavar="imagenet|PATH",
+        help="torchvision networks: start from torchvision's ImageNet weights (downloaded once) or a local weights "
+        "file; the head starts new",
+    )
+    model.add_argument(
+        "--freeze-backbone",
+        type=int,
+        default=0,
+        metavar="N",
+        help="torchvision networks: train only the head for the first N epochs (default 0)",
+    )
     model.add_argument(
         "--loss", choices=["last", "every"], help="for --network every: loss on the last block or summed over all"
     )
@@ -126,8 +144,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     runtime.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster on GPUs)")
     runtime.add_argument("--compile", action="store_true", help="torch.compile the network (falls back if it fails)")
     args = p.parse_args(argv)
-    if args.image_size <= 0 or args.image_size % 16 or args.image_size % 2**args.blocks:
+    if args.network in ZOO:
+        if args.image_size < 32 or args.image_size % 32:
+            p.error(f"--image-size must be a multiple of 32 for {args.network} (its last stage has stride 32)")
+    elif args.image_size <= 0 or args.image_size % 16 or args.image_size % 2**args.blocks:
         p.error(f"--image-size must be a positive multiple of 16 (and of 2^{args.blocks} for {args.blocks} blocks)")
+    if (args.pretrained or args.freeze_backbone) and args.network not in ZOO:
+        p.error("--pretrained and --freeze-backbone are for torchvision networks (--network resnet18 ...)")
+    if args.freeze_backbone < 0:
+        p.error("--freeze-backbone must be 0 or more")
+    if args.pretrained not in (None, PRETRAINED_IMAGENET) and not Path(args.pretrained).expanduser().is_file():
+        p.error(f"--pretrained {args.pretrained}: no such file (or pass --pretrained {PRETRAINED_IMAGENET})")
     if args.width < 1:
         p.error("--width must be positive")
     for name in ("epochs", "batch_size", "max_per_class"):
@@ -180,7 +207,7 @@ def complete_with_prompts(args: argparse.Namespace, read: Callable[[str], str] =
         question = "Loss on the last block only (L) or summed over every block (E)?"
         letter = ask(question, "--loss {last,every}", ["L", "E"], read=read)
         args.loss = "last" if letter == "L" else "every"
-    if args.network == "last":
+    if args.network != "every":
         args.loss = "last"
     return args
 

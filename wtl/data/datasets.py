@@ -14,7 +14,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from wtl.data.groups import celeba_identity, check_split, in_split, is_nih_name, patient_id
+from wtl.data.groups import (
+    celeba_identity,
+    check_split,
+    find_identity_manifest,
+    in_split,
+    is_nih_name,
+    patient_id,
+    read_identities,
+)
 from wtl.data.images import check_preprocess, list_images, read_image_uint8
 from wtl.data.registry import (
     DEFAULT_PREPROCESS,  # noqa: F401 - the data sets' defaults, read here too
@@ -179,12 +187,41 @@ class GenderSet(ImageListSet):
         return celeba_identity(filename)
 
 
-class FolderSet(ImageListSet):
-    """Any folder of class sub-folders (classes sorted by name); any number of classes.
+# The split folders a folder data set may have, and the other names they go by (Keras' validation/, ...).
+SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
-    If the folder has train/, val/ and test/ sub-folders they are used as the splits;
-    otherwise every file goes to a split by a stable hash of its name (80/10/10), or of
-    its patient where the name is an NIH cell's (so a folder of cells is split by patient).
+
+def split_folders(root: Path) -> dict[str, Path]:
+    """The split folders under `root` that exist, by split: {'train': root/train, 'test': root/test, ...}.
+
+    A layout counts as split only with a train/ folder and a val/ or test/ one beside it: a data set
+    whose classes happen to be called 'train' and 'test' would otherwise be read as splits.
+    """
+    found = {}
+    for split, names in SPLIT_FOLDERS.items():
+        for name in names:
+            if (root / name).is_dir():
+                found[split] = root / name
+                break
+    return found if "train" in found and len(found) > 1 else {}
+
+
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+class FolderSet(ImageListSet):
+    """Any folder of class sub-folders (classes sorted by name); any number of classes. Three layouts:
+
+    - `train/`, `val/` and `test/` (or `validation/`...) with class sub-folders: the splits as given;
+      `train/` + `test/` without a validation folder: validation is carved out of `train/` by a
+      stable hash of each picture's patient or person where known (an `identities` map, NIH cell
+      names, `<identity>_<image>` names), else of its file name; `train/` + `val/` has no test split;
+    - class folders alone: every file goes to a split by a stable hash of its name (80/10/10), or
+      of its patient where the name is an NIH cell's (so a folder of cells is split by patient).
+
+    `layout` says which ('train+val+test', 'train+test', 'train+val' or 'classes'), `carved_by`
+    how validation was carved ('patients', 'people', 'files'; None where it was not).
     """
 
     def __init__(
@@ -196,31 +233,73 @@ class FolderSet(ImageListSet):
         size: int = 128,
         preprocess: str = "squash",
         split_by: str = "group",
+        identities: dict[str, str] | None = None,
     ) -> None:
         check_split(split, split_by)
         root = Path(root)
         if not root.is_dir():
             raise DatasetError(f"{root}: no such folder")
-        presplit = all((root / name).is_dir() for name in SPLITS)
-        folders = [root / one for one in (SPLITS if split == "all" else (split,))] if presplit else [root]
-        first = folders[0] if presplit else root
-        classes = sorted(p.name for p in first.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if presplit and split != "train":
+        folders = split_folders(root)
+        self.layout = "+".join(s for s in SPLITS if s in folders) if folders else "classes"
+        self.carved_by: str | None = None
+        if identities is None and folders and "val" not in folders:
+            # Whose picture is whose, for carving validation out by person: a manifest.csv beside the data.
+            manifest = find_identity_manifest(root)
+            identities = read_identities(manifest) if manifest else None
+        self.identities = identities or {}
+        if folders:
             # The classes are the training folder's, so that labels mean the same in every split.
-            train = root / "train"
-            classes = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+            classes, where = _class_folders(folders["train"]), folders["train"]
+        else:
+            classes, where = _class_folders(root), root
         if len(classes) < 2:
-            raise DatasetError(f"{first}: expected at least two class sub-folders, found {len(classes)}")
-        samples = [
-            (path, label)
-            for folder in folders
-            for label, name in enumerate(classes)
-            if (folder / name).is_dir()
-            for path in list_images(folder / name)
-            if presplit or in_split(path.name if split_by == "file" else self.split_key(path.name), split)
-        ]
+            raise DatasetError(f"{where}: expected at least two class sub-folders, found {len(classes)}")
+        if folders:
+            samples = self._presplit(folders, classes, split, split_by)
+        else:
+            samples = [
+                (path, label)
+                for label, name in enumerate(classes)
+                for path in list_images(root / name)
+                if in_split(path.name if split_by == "file" else self.split_key(path.name), split)
+            ]
         self.folder = root
         super().__init__(_subset_per_class(samples, max_samples_per_class, seed), classes, size, preprocess)
+
+    def _presplit(
+        self, folders: dict[str, Path], classes: list[str], split: str, split_by: str
+    ) -> list[tuple[Path, int]]:
+        """The samples of `split` in a layout of split folders; validation carved from train/ where it has none."""
+
+        def listed(folder: Path) -> list[tuple[Path, int]]:
+            return [
+                (path, label)
+                for label, name in enumerate(classes)
+                if (folder / name).is_dir()
+                for path in list_images(folder / name)
+            ]
+
+        if split == "all":
+            return [sample for one in SPLITS if one in folders for sample in listed(folders[one])]
+        if "val" not in folders and split in ("train", "val"):
+            train = listed(folders["train"])
+            keys = {path: self._carving_key(path.name, split_by) for path, _ in train}
+            self.carved_by = (
+                "files"
+                if all(k == p.name for p, k in keys.items())
+                else ("patients" if any(is_nih_name(p.name) for p in keys) and not self.identities else "people")
+            )
+            return [(path, label) for path, label in train if in_split(keys[path], "val") == (split == "val")]
+        if split not in folders:
+            return []  # train/ + val/ has no test split
+        return listed(folders[split])
+
+    def _carving_key(self, filename: str, split_by: str) -> str:
+        """What a picture of train/ is hashed by to carve validation out: its person or patient where known."""
+        if split_by == "file":
+            return filename
+        known = self.identities.get(filename) or (patient_id(filename) if is_nih_name(filename) else None)
+        return known or celeba_identity(filename) or filename
 
     @staticmethod
     def split_key(filename: str) -> str:

@@ -14,6 +14,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,11 +29,20 @@ from wtl.maps.cam import explain_every_block
 from wtl.maps.registry import DEFAULT_FUSION, FUSIONS, METHODS, class_of_interest
 from wtl.metrics.classification import Classification
 from wtl.metrics.faithfulness import deletion_insertion, drop_and_increase
-from wtl.metrics.localisation import peak_distances
+from wtl.metrics.localisation import peak_distances, relevance_mass, relevance_rank
 from wtl.metrics.sanity import MapFunction, cascading_randomisation
 from wtl.metrics.stain import stain_mask
 from wtl.nets.modes import eval_mode
 from wtl.nets.seed import NetworkMultiLoss
+
+
+class MaskSource(Protocol):
+    """Ground truth of one's own (data.truth.GroundTruth): a picture's mask at the model's input size, or None."""
+
+    @property
+    def description(self) -> str: ...
+
+    def mask(self, file: str | None, count: bool = True) -> Tensor | None: ...
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,7 @@ class EvaluateOptions:
     sanity_methods: Mapping[str, MapFunction] | Sequence[str] | None = None  # default: sanity_method_names
     seed: int = 0
     faithful_images: int | None = None  # deletion/insertion on a seeded sample of this many explained images
+    truth: MaskSource | None = None  # masks, boxes or points of one's own instead of the stain mask (malaria)
 
 
 class _Reservoir:
@@ -85,12 +96,21 @@ class _Views:
     def __init__(self) -> None:
         self.explained: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {}
         self.distance: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {}
+        self.localisation: dict[tuple[str, str], list[tuple[int, dict[str, np.ndarray]]]] = {}
         self.faithful: dict[tuple[str, str], list[tuple[np.ndarray, dict[str, np.ndarray]]]] = {}
 
-    def add_pointing(self, key: tuple[str, str], offset: int, explained: np.ndarray, distance: np.ndarray) -> None:
-        """One batch's explained mask and distances (NaN where not measured), starting at image `offset`."""
+    def add_pointing(
+        self,
+        key: tuple[str, str],
+        offset: int,
+        explained: np.ndarray,
+        distance: np.ndarray,
+        localisation: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """One batch's explained mask, distances and mask metrics (NaN where not measured), from image `offset`."""
         self.explained.setdefault(key, []).append((offset, explained))
         self.distance.setdefault(key, []).append((offset, distance))
+        self.localisation.setdefault(key, []).append((offset, localisation or {}))
 
     def add_faithfulness(self, key: tuple[str, str], indices: np.ndarray, values: dict[str, np.ndarray]) -> None:
         """Faithfulness numbers of the images at `indices`."""
@@ -105,6 +125,9 @@ class _Views:
                 scores.explained[offset : offset + len(part)] = part
             for offset, part in self.distance[key]:
                 scores.distance[offset : offset + len(part)] = part
+            for offset, values in self.localisation.get(key, []):
+                for name, value in values.items():
+                    scores.localisation[name][offset : offset + len(value)] = value
             for indices, values in self.faithful.get(key, []):
                 for name, value in values.items():
                     scores.faithfulness[name][indices] = value
@@ -177,9 +200,9 @@ def evaluate(
             predictions.append(predicted.cpu())
             confidences.append(confidence.cpu())
             files.extend(batch_files)
-            masks = torch.stack([stain_mask(image.cpu()) for image in images]) if target is not None else None
-            areas.append(masks.flatten(1).sum(1) if masks is not None else torch.zeros(len(labels), dtype=torch.long))
             chosen = labels == target if target is not None else torch.ones_like(labels, dtype=torch.bool)
+            masks = _masks(images, batch_files, chosen.cpu(), options.truth, target is not None, model.image_size)
+            areas.append(masks.flatten(1).sum(1) if masks is not None else torch.zeros(len(labels), dtype=torch.long))
             indices = np.arange(seen, seen + len(labels))[chosen.cpu().numpy()]
             if bool(chosen.any()):
                 part = _Batch(images, classes, chosen, masks, probabilities, seen)
@@ -198,6 +221,7 @@ def evaluate(
     scores = views.scores(seen, methods)
     best = best_view(scores)
     best_distance = scores[best[0]][best[1]].distance if best is not None else np.full(seen, math.nan)
+    truth_text = options.truth.description if options.truth is not None else None
     records = [
         ImageRecord(file, names[label], names[prediction], probability, area, None if math.isnan(d) else float(d))
         for file, label, prediction, probability, area, d in zip(
@@ -221,8 +245,9 @@ def evaluate(
             for i, p in enumerate(block_predictions, start=1)
         },
         best_map=best,
-        galleries=galleries(records, names, model.image_size**2),
+        galleries=galleries(records, names, model.image_size**2, suspects=truth_text is None),
         gallery_rules=rules(model.image_size),
+        truth=truth_text,
     )
     if sanity.images:
         chosen_methods = options.sanity_methods
@@ -242,6 +267,24 @@ def evaluate(
             options.seed,
         )
     return result
+
+
+def _masks(
+    images: Tensor, files: Sequence[str | None], chosen: Tensor, truth: MaskSource | None, stain: bool, size: int
+) -> Tensor | None:
+    """(B, S, S) bool ground truth of a batch: one's own where given (empty where a picture has none), else the
+    stain mask of a malaria model's cells, else None.
+
+    One's own ground truth is read for the explained (`chosen`) pictures only, so that only their
+    missing or empty masks are counted.
+    """
+    if truth is not None:
+        empty = torch.zeros((size, size), dtype=torch.bool)
+        found = [truth.mask(file) if bool(pick) else None for file, pick in zip(files, chosen)]
+        return torch.stack([empty if mask is None else mask.to(torch.bool) for mask in found])
+    if stain:
+        return torch.stack([stain_mask(image.cpu()) for image in images])
+    return None
 
 
 @dataclass(frozen=True)
@@ -278,9 +321,14 @@ def _judge(
         )
         for view, heat in heats.items():
             distance = torch.full((batch,), math.nan, dtype=torch.float64)
+            mass, rank = distance.clone(), distance.clone()
             if masks is not None:
-                distance[where] = peak_distances(heat.cpu(), masks[where])
-            views.add_pointing((method, view), offset, where.numpy().copy(), distance.numpy())
+                chosen_masks = masks[where].cpu()
+                distance[where] = peak_distances(heat.cpu(), chosen_masks)
+                mass[where] = relevance_mass(heat.cpu(), chosen_masks)
+                rank[where] = relevance_rank(heat.cpu(), chosen_masks)
+            localisation = {"relevance_mass": mass.numpy(), "relevance_rank": rank.numpy()}
+            views.add_pointing((method, view), offset, where.numpy().copy(), distance.numpy(), localisation)
         if steps:
             _add_faithfulness(model, images, classes, indices, heats, method, views, steps)
 

@@ -65,15 +65,15 @@ def best_view(methods: Mapping[str, Mapping[str, ViewScores]]) -> tuple[str, str
 
 
 def galleries(
-    records: Sequence[ImageRecord], class_names: Sequence[str], image_pixels: int
+    records: Sequence[ImageRecord], class_names: Sequence[str], image_pixels: int, suspects: bool = True
 ) -> dict[str, list[ImageRecord]]:
     """The three gallery lists of per-image records, each sorted worst first.
 
     - misclassified: prediction != label, the most confident wrong prediction first;
-    - map_misses: Parasitized cells predicted right whose best map's peak lies more than
-      MAP_MISS_PX from the stain, the furthest first;
-    - suspect_labels: `suspect_label` holds (its reason kept), the most confident first,
-      then the larger stain first.
+    - map_misses: Parasitized cells (any picture, for a model of other classes) predicted right
+      whose best map's peak lies more than MAP_MISS_PX from the ground truth, the furthest first;
+    - suspect_labels (with `suspects`: the ground truth is the stain): `suspect_label` holds (its
+      reason kept), the most confident first, then the larger stain first.
     """
     names = list(class_names)
     target = class_of_interest(names)
@@ -82,10 +82,11 @@ def galleries(
         label, prediction = names.index(record.label), names.index(record.prediction)
         if label != prediction:
             out["misclassified"].append(record)
-        if target is None:
-            continue
-        if label == target == prediction and record.distance is not None and record.distance > MAP_MISS_PX:
+        explained = target is None or label == target
+        if explained and label == prediction and record.distance is not None and record.distance > MAP_MISS_PX:
             out["map_misses"].append(record)
+        if target is None or not suspects:
+            continue
         reason = suspect_label(label, prediction, record.probability, record.stain_area, image_pixels, target)
         if reason is not None:
             out["suspect_labels"].append(dataclasses.replace(record, reason=reason))

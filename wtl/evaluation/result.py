@@ -20,6 +20,8 @@ from wtl.metrics.sanity import SanityResult
 
 # The faithfulness numbers of a view, by key: deletion/insertion AUCs, average drop (%), increase (0 or 100).
 FAITHFULNESS = ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence")
+# The mask metrics beside the pointing game (metrics.localisation): relevance mass and relevance rank, in [0, 1].
+LOCALISATION = ("relevance_mass", "relevance_rank")
 
 
 def _nan(count: int) -> np.ndarray:
@@ -38,11 +40,18 @@ class ViewScores:
     explained: np.ndarray  # (N,) bool: the images this view explained
     distance: np.ndarray
     faithfulness: dict[str, np.ndarray]
+    # Relevance mass and rank (LOCALISATION), NaN where the distance is: measured on the same images.
+    localisation: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, count: int) -> ViewScores:
         """Scores of `count` images, nothing measured yet."""
-        return cls(np.zeros(count, dtype=bool), _nan(count), {key: _nan(count) for key in FAITHFULNESS})
+        return cls(
+            np.zeros(count, dtype=bool),
+            _nan(count),
+            {key: _nan(count) for key in FAITHFULNESS},
+            {key: _nan(count) for key in LOCALISATION},
+        )
 
     @property
     def images(self) -> int:
@@ -64,8 +73,10 @@ class ViewScores:
         return hit_rate(torch.from_numpy(self.distance), tolerance)
 
     def mean(self, key: str) -> float | None:
-        """The mean of one faithfulness number over the images it was measured on (None without any)."""
-        values = self.faithfulness[key]
+        """The mean of one faithfulness or localisation number over the images it was measured on (None without any)."""
+        values = self.localisation.get(key) if key in LOCALISATION else self.faithfulness[key]
+        if values is None:
+            return None
         values = values[~np.isnan(values)]
         return float(values.mean()) if len(values) else None
 
@@ -73,6 +84,7 @@ class ViewScores:
         """The view's figures as evaluate's JSON has them."""
         out: dict[str, Any] = {f"pointing_{t:g}px": self.pointing(t) for t in POINTING_TOLERANCES}
         out.update(pointing_counted=self.counted, images=self.images, faithful_images=self.faithful_images)
+        out.update({key: self.mean(key) for key in LOCALISATION})
         out.update({key: self.mean(key) for key in FAITHFULNESS})
         return out
 
@@ -139,6 +151,12 @@ class EvaluationResult:
     gallery_rules: GalleryRules | None = None
     sanity: SanityResult | None = None
     details: dict[str, str] = field(default_factory=dict)  # what the CLI adds: model, data_dir, split
+    truth: str | None = None  # the ground truth of one's own ('masks from DIR'); None: the stain mask, if any
+
+    @property
+    def truth_name(self) -> str:
+        """What the maps are judged against, in a few words: 'the stain' or 'the ground truth'."""
+        return "the stain" if self.truth is None else "the ground truth"
 
     def views(self) -> list[tuple[str, str, ViewScores]]:
         """(method, view, scores) in the evaluation's order."""
@@ -161,5 +179,7 @@ class EvaluationResult:
             out["gallery_rules"] = self.gallery_rules.to_json()
         if self.sanity is not None:
             out["sanity"] = self.sanity.to_json()
+        if self.truth is not None:
+            out["ground_truth"] = self.truth
         out.update(self.details)
         return out

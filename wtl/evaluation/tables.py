@@ -27,8 +27,10 @@ def format_table(result: EvaluationResult) -> str:
     lines.append(f"  confusion, % of each true class: {percent}")
     for block, block_report in result.blocks.items():
         lines.append(f"  {block} head accuracy {100 * block_report.accuracy:.2f}%")
-    lines += ["", f"heatmaps explaining {result.explained_class}:"]
+    judged = f", judged against {result.truth}" if result.truth else ""
+    lines += ["", f"heatmaps explaining {result.explained_class}{judged}:"]
     header = f"{'method':<10}{'view':<8}{'point@15':>9}{'point@8':>9}{'point@4':>9}{'inside':>8}{'counted':>8}"
+    header += f"{'mass':>7}{'rank':>7}"
     header += f"{'deletion':>9}{'insertion':>10}{'avg drop':>10}{'increase':>10}"
     lines += [header, "-" * len(header)]
     for method, view, s in result.views():
@@ -36,10 +38,14 @@ def format_table(result: EvaluationResult) -> str:
         lines.append(
             f"{method:<10}{view:<8}{_number(s.pointing(15), True):>9}{_number(s.pointing(8), True):>9}"
             f"{_number(s.pointing(4), True):>9}{_number(s.pointing(0), True):>8}{s.counted:>8}"
+            f"{_number(s.mean('relevance_mass')):>7}{_number(s.mean('relevance_rank')):>7}"
             f"{_number(s.mean('deletion_auc')):>9}{_number(s.mean('insertion_auc')):>10}"
             f"{_number(drop and drop / 100, True):>10}{_number(increase and increase / 100, True):>10}"
         )
-    lines.append("(deletion: lower is better; insertion: higher; average drop: lower; increase: higher)")
+    lines.append(
+        "(mass: share of the map inside the mask, rank: share of its top-|mask| pixels inside it; deletion: lower "
+        "is better; insertion: higher; average drop: lower; increase: higher)"
+    )
     scored = {s.faithful_images for _, _, s in result.views()}
     explained = {s.images for _, _, s in result.views()}
     if len(scored) == 1 and len(explained) == 1 and 0 < next(iter(scored)) < next(iter(explained)):
@@ -62,12 +68,13 @@ def format_table(result: EvaluationResult) -> str:
 def format_sanity(sanity: SanityResult) -> str:
     """The randomisation test as text: per method the mean Spearman rho after each cumulative stage."""
     stages = list(sanity.stages)
+    width = max(10, *(len(s) + 3 for s in stages))  # torchvision stages have long names (+features.28)
     lines = [
         f"sanity check: rank correlation of each method's maps with the trained model's, after re-initialising "
         f"from the top down ({sanity.images} images; near 1 = the map ignores the weights)",
-        f"{'method':<12}" + "".join(f"{'+' + s if i else s:>10}" for i, s in enumerate(stages)),
+        f"{'method':<12}" + "".join(f"{'+' + s if i else s:>{width}}" for i, s in enumerate(stages)),
     ]
     for method in sanity.rhos:
-        cells = "".join(f"{_number(sanity.mean(method, stage)):>10}" for stage in stages)
+        cells = "".join(f"{_number(sanity.mean(method, stage)):>{width}}" for stage in stages)
         lines.append(f"{method:<12}{cells}")
     return "\n".join(lines)

@@ -2,9 +2,12 @@
 
 For a GAP head, logit_c = sum_k w[c, k] * mean_xy A_k(x, y) + b_c, so the map
 cam_c(x, y) = sum_k w[c, k] * A_k(x, y) has spatial mean logit_c - b_c: it says
-exactly where the evidence for class c sits. NetworkMultiLoss's blocks 1-3 reach
-the classifier through a linear transform T_i, so their class weights are W @ T_i
-and their bias W @ t_i + b, and the same identity holds for every block.
+exactly where the evidence for class c sits. This holds for any network whose head is
+global average pooling + one linear layer (nets.blocks.gap_linear_head says which and where:
+the seed networks, ResNet, DenseNet, MobileNetV2, EfficientNet); a single sigmoid logit z is
+read as the two logits (-z/2, z/2), so the negative class's map is the positive class's negated.
+NetworkMultiLoss's blocks 1-3 reach the classifier through a linear transform T_i, so their
+class weights are W @ T_i and their bias W @ t_i + b, and the same identity holds for every block.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from functools import cached_property
 import torch
 from torch import nn
 
+from wtl.errors import UsageError
 from wtl.maps.fusion import fuse
 from wtl.maps.ops import block_probabilities, head_weights, heatmap, pick_classes, weighted_sum
-from wtl.maps.registry import DEFAULT_FUSION
+from wtl.maps.registry import DEFAULT_FUSION, GRADIENT_METHODS
 from wtl.nets import blocks as net_blocks
-from wtl.nets.seed import Network, NetworkMultiLoss
+from wtl.nets.seed import NetworkMultiLoss
 
 
 @dataclass
@@ -30,6 +34,7 @@ class Explanation:
     class_index: torch.Tensor  # (B,) the class each map explains
     cam: torch.Tensor  # (B, h, w) raw CAM at feature resolution
     heatmap: torch.Tensor  # (B, H, W) normalised, at input resolution
+    bias: torch.Tensor | None = None  # (B,) exact CAM: the head's bias of the explained class (mean + bias = logit)
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -52,6 +57,7 @@ class BlockExplanation:
     size: tuple[int, ...]  # (H, W) of the input images
     block_logits: list[torch.Tensor] | None = None  # n x (B, C), each block's own head (NetworkMultiLoss)
     block_bias: list[torch.Tensor] | None = None  # n x (B,), each head's bias for the explained class (exact CAM)
+    labels: list[str] | None = None  # how figures name the blocks ('layer1'... for a torchvision network)
 
     # Upsampling eight maps to the image costs about as much as a tenth of the forward
     # pass, so the drawable maps are made on first use, not for every explanation.
@@ -88,27 +94,35 @@ class BlockExplanation:
         return fuse(self.cams, None, rule or DEFAULT_FUSION, self.block_probabilities)
 
 
+def gap_head(network: nn.Module) -> net_blocks.GapLinearHead:
+    """The network's GAP-linear head; UsageError naming the Grad-CAM methods where it has none (no exact CAM)."""
+    head = net_blocks.gap_linear_head(network)
+    if head is None:
+        others = ", ".join(GRADIENT_METHODS[1:])
+        raise UsageError(
+            f"cam is exact only for a head of global average pooling + one linear layer, and "
+            f"{net_blocks.head_problem(network)}: use a Grad-CAM method (--method gradcam, or {others}), "
+            "which works on any network"
+        )
+    return head
+
+
 def last_block_features(network: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, last block's features) of either network, in one forward pass."""
-    if isinstance(network, NetworkMultiLoss):
-        features = network.block_outputs(images)[-1]
-        return net_blocks.head(network, features), features
-    if isinstance(network, Network):
-        logits, features = network(images, return_cam=True)
-        return logits, features
-    raise TypeError(f"the exact CAM needs one of Where to look's GAP networks, not a {type(network).__name__}")
+    """(logits, the features the GAP head averages) of a GAP-linear network, in one forward pass."""
+    return net_blocks.last_features(network, gap_head(network), images)
 
 
 @torch.no_grad()
 def explain_last_block(
     network: nn.Module, images: torch.Tensor, class_index: int | torch.Tensor | None = None
 ) -> Explanation:
-    """CAM of the last conv block for the predicted class (or class_index), batched."""
-    logits, features = last_block_features(network, images)
+    """CAM of the last conv block (or stage) for the predicted class (or class_index), batched."""
+    head = gap_head(network)
+    logits, features = net_blocks.last_features(network, head, images)
     classes = pick_classes(logits, class_index)
-    weight, _ = head_weights(net_blocks.classifier(network))
-    cam = weighted_sum(features, weight[classes])
-    return Explanation(logits, classes, cam, heatmap(cam, tuple(images.shape[-2:])))
+    weight, bias = head.weights()
+    cam = weighted_sum(features, weight[classes].to(features.dtype))
+    return Explanation(logits, classes, cam, heatmap(cam, tuple(images.shape[-2:])), bias[classes])
 
 
 @torch.no_grad()

@@ -116,6 +116,8 @@ class Result:
     blocks: BlockExplanation | None = None
     fusion: str = DEFAULT_FUSION
     class_names: list[str] = field(default_factory=list)
+    bias: Tensor | None = None  # (B,) exact CAM of the last block: the head's bias of each explained class
+    layer: str | None = None  # the Grad-CAM family's target layer, where one was named
 
     def __len__(self) -> int:
         return len(self.logits)
@@ -158,6 +160,7 @@ def explain(
     class_index: int | Tensor | None = None,
     fusion: str = DEFAULT_FUSION,
     batch_size: int = 32,
+    layer: str | None = None,
 ) -> Result:
     """Explain pictures with a model: prediction, and where the evidence for a class lies.
 
@@ -169,6 +172,8 @@ def explain(
         class_index: the class to explain (index or per-picture indices); None explains each prediction.
         fusion: the fusion rule of the every-block view (registry.FUSIONS).
         batch_size: pictures per forward pass (and Score-CAM's masked batch).
+        layer: blocks='last' with a Grad-CAM method: the target layer, a dotted module name (torchvision's
+            own for a torchvision network, e.g. 'layer3' or 'layer4.0.conv2'); default the last block or stage.
 
     Returns:
         Result: logits (B, C), class_index (B,), cam (B, h, w), heatmap (B, S, S), and for
@@ -184,9 +189,12 @@ def explain(
     rows = [slice(start, start + batch_size) for start in range(0, len(inputs.images), batch_size)]
     if blocks == "last":
         lasts = [
-            methods.last_block(model.network, method, inputs.images[r].to(device), _chunk(class_index, r), batch_size)
+            methods.last_block(
+                model.network, method, inputs.images[r].to(device), _chunk(class_index, r), batch_size, layer
+            )
             for r in rows
         ]
+        biases = [p.bias for p in lasts]
         return Result(
             model,
             method,
@@ -197,7 +205,11 @@ def explain(
             heatmap=torch.cat([p.heatmap for p in lasts]).cpu(),
             fusion=fusion,
             class_names=list(model.class_names),
+            bias=torch.cat([b for b in biases if b is not None]).cpu() if all(b is not None for b in biases) else None,
+            layer=layer,
         )
+    if layer is not None:
+        raise UsageError("layer is for blocks='last': the every-block view shows every block's (or stage's) output")
     every = _merge(
         [
             methods.every_block(model.network, method, inputs.images[r].to(device), _chunk(class_index, r), batch_size)
@@ -241,4 +253,5 @@ def _merge(parts: Sequence[BlockExplanation]) -> BlockExplanation:
         size=parts[0].size,
         block_logits=cat([p.block_logits for p in parts]),
         block_bias=cat([p.block_bias for p in parts]),
+        labels=parts[0].labels,
     )

@@ -38,8 +38,13 @@ class CAMResult:
 
 
 def _resolve(model: nn.Module, target_layer: nn.Module | str) -> nn.Module:
-    """The target module itself, looking a dotted name such as 'layer4' or 'features.9' up in the model."""
+    """The target module itself, looking a dotted name such as 'layer4' or 'features.9' up in the model.
+
+    In a torchvision network of nets.zoo the name is torchvision's own (layer4, not net.layer4).
+    """
     if isinstance(target_layer, str):
+        if net_blocks.is_known(model):
+            return net_blocks.resolve_layer(model, target_layer)
         try:
             return model.get_submodule(target_layer)
         except AttributeError as error:
@@ -227,9 +232,9 @@ def make_method(name: str, model: nn.Module, target_layer: nn.Module | str | Non
 
 
 def default_target_layer(model: nn.Module) -> nn.Module:
-    """The last block's output for our networks (its ReLU), else the model's last Conv2d."""
-    if net_blocks.is_seed_network(model):
-        return net_blocks.blocks(model)[-1].output
+    """The last block's output for our networks (its ReLU) and torchvision's (its last stage), else the last Conv2d."""
+    if net_blocks.is_known(model):
+        return net_blocks.default_layer(model)
     convolutions = [module for module in model.modules() if isinstance(module, nn.Conv2d)]
     if not convolutions:
         raise ValueError(f"{type(model).__name__} has no Conv2d layer to explain; pass a target layer")
@@ -237,5 +242,5 @@ def default_target_layer(model: nn.Module) -> nn.Module:
 
 
 def block_layers(model: nn.Module) -> list[nn.Module]:
-    """The modules whose outputs are the conv blocks' outputs (after their ReLU), first to last."""
+    """The modules whose outputs are the conv blocks' outputs (after their ReLU) or the stages', first to last."""
     return [block.output for block in net_blocks.blocks(model)]

@@ -39,24 +39,41 @@ def _options(method: str, batch_size: int) -> dict[str, Any]:
 
 
 def last_block(
-    network: nn.Module, method: str, images: Tensor, class_index: int | Tensor | None = None, batch_size: int = 32
+    network: nn.Module,
+    method: str,
+    images: Tensor,
+    class_index: int | Tensor | None = None,
+    batch_size: int = 32,
+    layer: str | None = None,
 ) -> Explanation:
-    """The last block's map by `method`: the exact CAM, or a Grad-CAM-family method at the same layer.
+    """The last block's map by `method`: the exact CAM, or a Grad-CAM-family method at the same layer (or `layer`).
 
     Args:
-        network: one of Where to look's networks (any CNN for the Grad-CAM family).
+        network: one of Where to look's networks or a torchvision one (any CNN for the Grad-CAM family).
         method: a name of registry.METHODS.
         images: (B, 3, H, W) in [0, 1].
         class_index: None (each image's prediction), one class, or (B,) classes.
         batch_size: Score-CAM's masked images per forward pass.
+        layer: the Grad-CAM family's target, a dotted module name (default: the last block or stage).
 
     Returns:
         Explanation with logits (B, C), class_index (B,), cam (B, h, w) raw, heatmap (B, H, W) in [0, 1].
     """
     check_method(method)
     if method == "cam":
+        if layer is not None:
+            raise UsageError(
+                "--layer is for the Grad-CAM family: cam is exact only at the features the head pools "
+                "(pass --method gradcam with --layer)"
+            )
         return explain_last_block(network, images, class_index)
-    result = make_method(method, network, **_options(method, batch_size))(images, class_index)
+    target = None
+    if layer is not None:
+        try:
+            target = net_blocks.resolve_layer(network, layer) if net_blocks.is_known(network) else layer
+        except ValueError as error:
+            raise UsageError(f"--layer {layer}: {error}") from None
+    result = make_method(method, network, target, **_options(method, batch_size))(images, class_index)
     maps = result.maps.detach()
     return Explanation(result.logits.detach(), result.class_index, maps, heatmap(maps, tuple(images.shape[-2:])))
 
@@ -83,7 +100,7 @@ def every_block(
         if not multi:
             raise UsageError(
                 "the exact every-block CAM needs a NetworkMultiLoss checkpoint (trained with --network every); "
-                "for this Network pass --method gradcam (or another) to explain every block"
+                f"for this {net_blocks.describe(network)} pass --method gradcam (or another) to explain every block"
             )
         return explain_every_block(network, images, class_index)
     with torch.no_grad():
@@ -98,6 +115,7 @@ def every_block(
         means=[b.mean(dim=1) for b in outputs],
         size=tuple(images.shape[-2:]),
         block_logits=exact.block_logits if exact is not None else None,
+        labels=[b.label for b in net_blocks.blocks(network)] if net_blocks.is_known(network) else None,
     )
 
 
@@ -168,5 +186,6 @@ def heatmap_functions(names: Sequence[str], rule: str = DEFAULT_FUSION) -> dict[
 def sanity_method_names(network: nn.Module, methods: Sequence[str] = ()) -> list[str]:
     """The sanity check's default methods: cam (and 'cam fused' for an every-block network) and every
     Grad-CAM method, the costly ones (Score-CAM) only when they are among `methods`."""
-    names = ["cam"] + (["cam fused"] if isinstance(network, NetworkMultiLoss) else [])
+    names = ["cam"] if net_blocks.gap_linear_head(network) is not None else []  # no exact CAM without a GAP head
+    names += ["cam fused"] if isinstance(network, NetworkMultiLoss) else []
     return names + [m for m in GRADIENT_METHODS if m not in COSTLY_METHODS or m in methods]

@@ -1,4 +1,11 @@
-"""The pointing game: does a map's peak fall on (or near) the ground-truth region?"""
+"""Maps against a ground-truth mask: the pointing game, relevance mass and relevance rank.
+
+The pointing game (Zhang et al. 2018) asks whether the map's peak falls on (or near) the mask;
+relevance mass and relevance rank (Arras, Osman and Samek, "CLEVR-XAI: a benchmark dataset for
+the ground truth evaluation of neural network explanations", Information Fusion 2022; also in
+Quantus as RelevanceMassAccuracy and RelevanceRankAccuracy) ask how much of the map lies inside it.
+All take the maps as they are drawn: (B, H, W) at the input's size, min-max normalised per image.
+"""
 
 from __future__ import annotations
 
@@ -61,3 +68,41 @@ def pointing_hit(heatmap: Tensor, mask: Tensor, tolerance_px: float) -> bool | N
     """
     rate = hit_rate(peak_distances(heatmap[None], mask[None]), tolerance_px)
     return None if rate is None else rate == 1.0
+
+
+def relevance_mass(heatmaps: Tensor, masks: Tensor) -> Tensor:
+    """Relevance mass accuracy per image: the share of the map's positive mass that lies inside the mask.
+
+    mass = sum_{p in mask} R+_p / sum_p R+_p with R+ = max(R, 0) (Arras et al. 2022). On a drawn
+    map (min-max normalised, so R >= 0 and its minimum is 0) 1 means all of it is inside. (B,)
+    float64; NaN where the mask is empty or the map is zero everywhere.
+    """
+    _check(heatmaps, masks)
+    positive = heatmaps.double().clamp_min(0).flatten(1)
+    inside = (positive * masks.flatten(1)).sum(1)
+    total = positive.sum(1)
+    mass = inside / torch.where(total > 0, total, torch.ones_like(total))
+    return torch.where((total > 0) & masks.flatten(1).any(1), mass, torch.full_like(mass, math.nan))
+
+
+def relevance_rank(heatmaps: Tensor, masks: Tensor) -> Tensor:
+    """Relevance rank accuracy per image: of the K = |mask| pixels the map ranks highest, the share inside the mask.
+
+    rank = |top_K(R) & mask| / K (Arras et al. 2022); ties in R are broken by pixel order, first
+    first (a stable sort), so a constant map scores the share of the first K pixels in the mask.
+    (B,) float64; NaN where the mask is empty.
+    """
+    _check(heatmaps, masks)
+    flat_masks = masks.flatten(1)
+    sizes = flat_masks.sum(1)
+    order = torch.sort(heatmaps.double().flatten(1), dim=1, descending=True, stable=True).indices
+    ranked = flat_masks.gather(1, order).double()  # mask membership of the pixels, highest relevance first
+    positions = torch.arange(ranked.shape[1], device=ranked.device)[None, :]
+    hits = (ranked * (positions < sizes[:, None])).sum(1)
+    rank = hits / sizes.clamp_min(1)
+    return torch.where(sizes > 0, rank, torch.full_like(rank, math.nan))
+
+
+def _check(heatmaps: Tensor, masks: Tensor) -> None:
+    if heatmaps.shape != masks.shape or heatmaps.ndim != 3:
+        raise ValueError(f"heatmaps {tuple(heatmaps.shape)} and masks {tuple(masks.shape)} must be the same (B, H, W)")

@@ -25,14 +25,16 @@ def randomisation_stages(network: nn.Module) -> list[tuple[str, list[nn.Module]]
 
     Our networks: 'head' (the classifier and, for NetworkMultiLoss, the blocks' transforms),
     then each block from the last to the first (its conv and batch norm; nets.blocks says which).
+    A torchvision network: 'head' (its classifier), then its four stages from the last to the first,
+    named by the module ending each (layer4 ... layer1; the stem goes with the first).
     Any other model: each module with parameters of its own, last registered first, named by its path.
     """
-    if not net_blocks.is_seed_network(network):
+    if not net_blocks.is_known(network):
         own = [(name, m) for name, m in network.named_modules() if any(True for _ in m.parameters(recurse=False))]
         return [(name, [module]) for name, module in reversed(own)]
     stages: list[tuple[str, list[nn.Module]]] = [("head", net_blocks.head_modules(network))]
     for block in reversed(net_blocks.blocks(network)):
-        stages.append((block.name, [m for m in block.stage if any(True for _ in m.parameters(recurse=False))]))
+        stages.append((block.module_name or block.name, [m for m in block.stage if any(True for _ in m.parameters())]))
     return stages
 
 

@@ -21,7 +21,7 @@ POINTING_BARS: tuple[Bar, ...] = (
     (lambda s: s.pointing(15), "pointing game 15 px", "#2b6cb0"),
     (lambda s: s.pointing(8), "pointing game 8 px", "#90cdf4"),
     (lambda s: s.pointing(4), "pointing game 4 px", "#bee3f8"),
-    (lambda s: s.pointing(0), "peak inside the stain", "#e2e8f0"),
+    (lambda s: s.pointing(0), "peak inside the mask", "#e2e8f0"),
 )
 AUC_BARS: tuple[Bar, ...] = (
     (lambda s: s.mean("deletion_auc"), "deletion AUC (lower is better)", "#c53030"),
@@ -67,7 +67,8 @@ def metrics_chart(result: EvaluationResult, title: str = "") -> Figure:
     _grouped_bars(top, rows, POINTING_BARS)
     counted = max((scores.counted for _, scores in rows), default=0)
     top.set_ylabel("hit rate")
-    top.set_title(f"does the map's peak fall on the stain? ({counted} stained cells)", fontsize=10)
+    counted_what = "stained cells" if result.truth is None else "pictures with ground truth"
+    top.set_title(f"does the map's peak fall on {result.truth_name}? ({counted} {counted_what})", fontsize=10)
     _grouped_bars(bottom, rows, AUC_BARS)
     bottom.set_ylabel("area under the probability curve")
     bottom.set_title("deleting / inserting pixels in the map's order", fontsize=10)

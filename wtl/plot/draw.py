@@ -77,17 +77,33 @@ def _single(result: Result, i: int, truth: str | None, outputs: Outputs, look: L
     predicted, shown = int(result.predictions[i]), int(result.class_index[i])
     label = _label(result, i)
     caption = label if result.method == "cam" else f"{label} ({result.method})"
+    if result.layer is not None:
+        caption = f"{caption[:-1]} at {result.layer})" if caption.endswith(")") else f"{caption} (at {result.layer})"
     if shown != predicted:
         caption += (
             f"\npredicted {classes[predicted]} {probabilities[predicted]:.1%}, showing where it sees {classes[shown]}"
         )
     if truth is not None:
         caption += f"  (true class: {truth})"
+    if result.model.single_logit:
+        caption += "\n" + sigmoid_note(classes)
     heat = as_numpy(result.heatmap[i])
     title = f"{classes[shown]} {probabilities[shown]:.1%}"
     fig = single_figure(result.inputs.picture(i), heat, title, caption, look)
     numbers = {**_common_numbers(result, i), "cam": as_numpy(result.cam[i]), "heatmap": heat}
+    if result.bias is not None:
+        numbers["bias"] = float(result.bias[i])  # exact CAM: cam.mean() + bias = logits[class_index]
+    if result.layer is not None:
+        numbers["layer"] = result.layer
     return outputs.save(fig, names.single_picture(result.inputs.names[i], result.method), numbers)
+
+
+def sigmoid_note(classes: Sequence[str]) -> str:
+    """The caption line of a single-logit (sigmoid) head: what its maps mean."""
+    return (
+        f"one sigmoid logit: evidence for {classes[1]}; the map of {classes[0]} is its negation "
+        f"(logits shown as -z/2, z/2)"
+    )
 
 
 def _every_block(result: Result, i: int, outputs: Outputs, look: Look) -> Path:
@@ -98,7 +114,7 @@ def _every_block(result: Result, i: int, outputs: Outputs, look: Look) -> Path:
     shown = int(result.class_index[i])
     titles = []
     for b in range(len(blocks.cams)):
-        title = f"block {b + 1} {method_label}: {classes[shown]}"
+        title = f"{blocks.labels[b] if blocks.labels else f'block {b + 1}'} {method_label}: {classes[shown]}"
         if blocks.block_logits is not None:
             probs = blocks.block_logits[b][i].softmax(0)
             guess = int(probs.argmax())
@@ -109,13 +125,16 @@ def _every_block(result: Result, i: int, outputs: Outputs, look: Look) -> Path:
     heading = f"{_label(result, i)}: prediction {classes[predicted]} {final[predicted]:.1%}"
     if shown != predicted:
         heading += f", maps explain {classes[shown]}"
-    loss = LOSS_TEXT.get(str(model.checkpoint.get("loss")), "")
+    loss = LOSS_TEXT.get(str(model.checkpoint.get("loss")), "") if model.kind != "torchvision" else ""
     heading += f"  ({model.path.name}{', ' + loss if loss else ''})"
+    if model.single_logit:
+        heading += "\n" + sigmoid_note(classes)
     heats = [as_numpy(h[i]) for h in blocks.heatmaps]
     mean_heats = [as_numpy(h[i]) for h in blocks.mean_heatmaps]
     fused = as_numpy(result.fused[i])
     picture = result.inputs.picture(i)
-    fig = blocks_figure(picture, mean_heats, heats, titles, heading, fused, f"fused ({result.fusion})", look)
+    fused_title = f"fused ({result.fusion})"
+    fig = blocks_figure(picture, mean_heats, heats, titles, heading, fused, fused_title, look, blocks.labels)
     numbers: dict[str, object] = {
         **_common_numbers(result, i),
         # The last block's map under the single view's names, so that both views' files read alike.

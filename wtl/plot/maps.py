@@ -79,8 +79,12 @@ def blocks_figure(
     fused: np.ndarray | None = None,
     fused_title: str = "fused",
     look: Look = LOOK,
+    block_names: Sequence[str] | None = None,
 ) -> Figure:
-    """Every-block view: top row the mean activation per block, bottom row each block's map, first their fusion."""
+    """Every-block view: top row the mean activation per block, bottom row each block's map, first their fusion.
+
+    `block_names` name the blocks in the top row (default 'block 1'...; a torchvision network's stages: 'layer1'...).
+    """
     fig = Figure(figsize=(13.5, 6.2), layout="constrained")
     axes = fig.subplots(2, 1 + len(cam_heats))
     overlay(axes[0][0], image, None, "original")
@@ -89,7 +93,8 @@ def blocks_figure(
     else:
         overlay(axes[1][0], image, fused, fused_title, look)
     for i, (mean_heat, cam_heat, title) in enumerate(zip(mean_heats, cam_heats, block_titles), start=1):
-        overlay(axes[0][i], image, mean_heat, f"block {i}: mean activation", look)
+        name = block_names[i - 1] if block_names else f"block {i}"
+        overlay(axes[0][i], image, mean_heat, f"{name}: mean activation", look)
         artist = overlay(axes[1][i], image, cam_heat, title, look)
     fig.colorbar(artist, ax=list(axes[:, -1]), fraction=0.046, pad=0.02, label=look.label)
     fig.suptitle(suptitle, fontsize=12)

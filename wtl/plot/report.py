@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from wtl.evaluation.driver import MaskSource
 from wtl.evaluation.galleries import ORDER, TITLES
 from wtl.evaluation.inputs import ModelLike
 from wtl.evaluation.result import EvaluationResult, ImageRecord
@@ -86,6 +87,11 @@ def _summary(result: EvaluationResult) -> str:
 def _maps_table(result: EvaluationResult) -> str:
     """The pointing game, deletion/insertion and average drop per method and view, the fused row named by its rule."""
     rule = result.fusion_rule
+    own = result.truth is not None
+    inside, counted = ("mask", "pictures with a mask") if own else ("stain", "stained cells")
+    against = (
+        f"your ground truth ({_e(result.truth)}, outlined in green on the tiles)" if own else "the Giemsa stain mask"
+    )
     rows = []
     for method, view, s in result.views():
         drop, increase = s.mean("average_drop"), s.mean("increase_in_confidence")
@@ -95,6 +101,8 @@ def _maps_table(result: EvaluationResult) -> str:
                 _e(f"fused ({rule})" if view == "fused" and rule else view),
                 *(_pct(s.pointing(t)) for t in POINTING_TOLERANCES),
                 _e(s.counted),
+                _num(s.mean("relevance_mass")),
+                _num(s.mean("relevance_rank")),
                 _num(s.mean("deletion_auc")),
                 _num(s.mean("insertion_auc")),
                 _pct(None if drop is None else drop / 100),
@@ -104,8 +112,10 @@ def _maps_table(result: EvaluationResult) -> str:
     header = [
         "method",
         "view",
-        *(f"peak ≤ {t:g} px" if t else "peak inside stain" for t in POINTING_TOLERANCES),
-        "stained cells",
+        *(f"peak ≤ {t:g} px" if t else f"peak inside {inside}" for t in POINTING_TOLERANCES),
+        counted,
+        "relevance mass ↑",
+        "relevance rank ↑",
         "deletion ↓",
         "insertion ↑",
         "avg drop ↓",
@@ -113,9 +123,10 @@ def _maps_table(result: EvaluationResult) -> str:
     ]
     text = [
         f"<p>Maps explaining <b>{_e(result.explained_class)}</b>. The pointing game asks whether the "
-        "map's maximum lies within the given distance of the Giemsa stain mask (over the cells whose mask is not "
-        "empty); deletion and insertion are the areas under the class probability as pixels are removed or put "
-        "back in the map's order.</p>",
+        f"map's maximum lies within the given distance of {against} (over the pictures whose mask is not "
+        "empty); relevance mass is the share of the map's mass inside the mask and relevance rank the share of "
+        "its |mask| highest pixels inside it (Arras et al., <i>CLEVR-XAI</i>, 2022); deletion and insertion are "
+        "the areas under the class probability as pixels are removed or put back in the map's order.</p>",
         _table(header, rows),
     ]
     scored = {s.faithful_images for _, _, s in result.views()}
@@ -157,6 +168,15 @@ def _rules(result: EvaluationResult) -> str:
     rules = result.gallery_rules
     if rules is None:
         return ""
+    if result.truth is not None:
+        return (
+            "<ul>"
+            f"<li><b>Map misses</b>: pictures predicted right whose best map's peak lies more than "
+            f"{_e(rules.map_miss_px)} px from the ground truth ({_e(result.truth)}).</li>"
+            "<li>Each tile: the picture, then the picture under its map (red is where the map is highest), the "
+            "ground truth outlined in green on both.</li>"
+            "</ul>"
+        )
     return (
         "<ul>"
         f"<li><b>Map misses</b>: Parasitized cells predicted right whose best map's peak lies more than "
@@ -171,12 +191,12 @@ def _rules(result: EvaluationResult) -> str:
     )
 
 
-def _caption(record: ImageRecord) -> str:
-    """A tile's caption: file name, label, prediction and confidence, stain area, distance, reason."""
+def _caption(record: ImageRecord, area: str = "stain") -> str:
+    """A tile's caption: file name, label, prediction and confidence, the stain's (or mask's) area, distance, reason."""
     lines = [
         f"<span class=file>{_e(_name(record.file))}</span>",
         f"label <b>{_e(record.label)}</b> · predicted <b>{_e(record.prediction)}</b> {record.probability:.3f}",
-        f"stain {_e(record.stain_area)} px"
+        f"{area} {_e(record.stain_area)} px"
         + ("" if record.distance is None else f" · peak {record.distance:.1f} px from it"),
     ]
     if record.reason:
@@ -215,6 +235,7 @@ def write_report(
     details: Mapping[str, Any] | None = None,
     progress: bool = True,
     look: Look = LOOK,
+    truth: MaskSource | None = None,
 ) -> Path:
     """Write the report of an EvaluationResult into `folder`; returns the path of its index.html.
 
@@ -223,7 +244,8 @@ def write_report(
     sheet per gallery (none for an empty gallery) and metrics.png. `model` (the one evaluated)
     draws the maps on the tiles; without it the tiles show the cells and their stain only.
     `details` are extra lines for the summary (e.g. {'model': ..., 'data': ...}); a value that
-    is an absolute path is shown by its name only. Earlier thumbnails are replaced.
+    is an absolute path is shown by its name only. Earlier thumbnails are replaced. `truth` (the
+    evaluation's own ground truth, data.truth.GroundTruth) is what the tiles outline instead of the stain.
     """
     folder = Path(folder)
     thumbs = folder / THUMBS
@@ -245,7 +267,7 @@ def write_report(
     total = sum(min(len(result.galleries[n]), max_tiles) for n in present)
     with tqdm(total=total, desc="report", unit="tile", disable=not progress, leave=False) as bar:
         for name in present:
-            sections.append(_gallery(name, result, folder, model, device, max_tiles, look))
+            sections.append(_gallery(name, result, folder, model, device, max_tiles, look, truth))
             bar.update(min(len(result.galleries[name]), max_tiles))
     index = folder / INDEX
     index.write_text(_page(heading, sections), encoding="utf-8")
@@ -272,11 +294,12 @@ def _gallery(
     device: torch.device | str,
     max_tiles: int,
     look: Look,
+    truth: MaskSource | None = None,
 ) -> str:
     """One gallery's section; writes its tiles and contact sheet."""
     records = list(result.galleries[name])
     shown = records[:max_tiles]
-    cells = gallery_cells(shown, result, model, device)
+    cells = gallery_cells(shown, result, model, device, truth=truth)
     title = TITLES[name]
     parts = [f'<h3 id="{_e(name)}">{_e(title)}: {len(records)}</h3>']
     if not records:
@@ -288,6 +311,7 @@ def _gallery(
     if missing:
         note += f" ({missing} of the first {len(shown)} have no readable file and are listed in the JSON only)"
     parts.append(f'<p class=note>{note}. Contact sheet: <a href="{_e(name)}.png">{_e(name)}.png</a>.</p>')
+    area = "stain" if result.truth is None else "mask"
     pictures, figures = [], []
     for number, cell in enumerate(cells):
         path = f"{THUMBS}/{name}_{number:03d}.png"
@@ -295,17 +319,16 @@ def _gallery(
         Image.fromarray(picture).save(folder / path, optimize=True)
         pictures.append(picture)
         alt = f"{_name(cell.record.file)}: the cell and its map"
-        figures.append(
-            f'<figure><img src="{_e(path)}" alt="{_e(alt)}"><figcaption>{_caption(cell.record)}</figcaption></figure>'
-        )
+        caption = _caption(cell.record, area)
+        figures.append(f'<figure><img src="{_e(path)}" alt="{_e(alt)}"><figcaption>{caption}</figcaption></figure>')
     parts.append('<div class="tiles">' + "\n".join(figures) + "</div>")
     if cells:
         titles = [
             f"{_name(c.record.file)[:34]}\n{c.record.label} → {c.record.prediction} "
-            f"{c.record.probability:.2f}, stain {c.record.stain_area} px"
+            f"{c.record.probability:.2f}, {area} {c.record.stain_area} px"
             for c in cells
         ]
         sheet = contact_sheet(pictures, titles, [c.record.correct for c in cells])
-        sheet.suptitle(f"{title}: {len(cells)} of {len(records)}, worst first (cell | its map, stain outlined)")
+        sheet.suptitle(f"{title}: {len(cells)} of {len(records)}, worst first (picture | its map, {area} outlined)")
         sheet.savefig(folder / f"{name}.png", dpi=SHEET_DPI)
     return "\n".join(parts)

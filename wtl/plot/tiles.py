@@ -13,6 +13,7 @@ from PIL import Image
 
 from wtl.data.images import read_image_uint8
 from wtl.errors import ImageError
+from wtl.evaluation.driver import MaskSource
 from wtl.evaluation.inputs import ModelLike
 from wtl.evaluation.result import EvaluationResult, ImageRecord
 from wtl.maps import methods as map_methods
@@ -103,11 +104,13 @@ def gallery_cells(
     model: ModelLike | None,
     device: torch.device | str,
     batch_size: int = 32,
+    truth: MaskSource | None = None,
 ) -> list[GalleryCell]:
     """Each record's cell re-read at the model's size, with the map evaluate scored it by (maps.methods.views).
 
     Records without a file, or whose file can no longer be read, are left out. Evaluate keeps only
-    scalars per image, so the maps are recomputed here for the few cells a gallery shows.
+    scalars per image, so the maps are recomputed here for the few cells a gallery shows. The mask
+    outlined is `truth`'s (one's own ground truth) where given, else the stain mask.
     """
     size = model.image_size if model is not None else result.image_size
     preprocess = str(getattr(model, "preprocess", "squash"))
@@ -142,6 +145,10 @@ def gallery_cells(
                 )
             heats = list(maps[name].cpu().numpy())
         for (record, image), picture, heat in zip(chunk, images, heats):
-            mask = stain_mask(picture).numpy()
+            own = truth.mask(record.file, count=False) if truth is not None else None
+            if truth is not None:
+                mask = own.numpy() if own is not None else np.zeros(picture.shape[-2:], dtype=bool)
+            else:
+                mask = stain_mask(picture).numpy()
             cells.append(GalleryCell(record, image.permute(1, 2, 0).numpy(), heat, mask))
     return cells

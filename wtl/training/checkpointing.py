@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,19 @@ class CheckpointTrainer(Trainer):
         self.ep = 0
         self.best_val_acc: float | None = 0.0
         self.history: list[dict[str, Any]] = []  # every epoch's row, kept across resumes for the metrics file
+        if self.dist.is_main:
+            self._remove_partial_writes()
         if resume and self.chkpt_path.exists():
             self._resume()
+
+    def _remove_partial_writes(self) -> None:
+        """Delete the temporary files of a write that a killed run left behind (save_checkpoint's `.x.pt.*.part`).
+
+        A kill during save_checkpoint cannot clean up after itself; the checkpoint it was replacing is intact.
+        """
+        for target in (self.chkpt_path, self.best_path):
+            for stale in target.parent.glob(f".{target.name}.*.part"):
+                stale.unlink(missing_ok=True)
 
     def _resume(self) -> None:
         checkpoint = load_checkpoint(self.chkpt_path)
@@ -70,6 +82,9 @@ class CheckpointTrainer(Trainer):
             "ema",
             "schedule",
             "architecture",
+            "arch",
+            "pretrained",
+            "freeze_backbone",
         )
         for key in keys:
             if key in checkpoint and key in self.metadata and checkpoint[key] != self.metadata[key]:
@@ -143,8 +158,17 @@ class CheckpointTrainer(Trainer):
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(self.ep)
             label = f"epoch {self.ep + 1}/{self.epochs}"
-            train_loss, train_acc = self.epoch(loader_train, True, f"{label} train")
+            # From the epoch number alone: a resumed run freezes exactly where one that never stopped did.
+            frozen = self.freeze_for(self.ep)
+            wall, cpu = time.perf_counter(), time.process_time()
+            train_loss, train_acc = self.epoch(
+                loader_train, True, f"{label} train" + (" (head only)" if frozen else "")
+            )
             row: dict[str, Any] = {"epoch": self.ep + 1, "train_loss": train_loss, "train_acc": train_acc}
+            # The training pass's own cost (validation left out): wall time, and CPU time of this process.
+            row.update(seconds=time.perf_counter() - wall, cpu_seconds=time.process_time() - cpu)
+            if frozen:
+                row["frozen_backbone"] = True
             if loader_val is not None:
                 val_loss, val_acc = self.epoch(loader_val, False, f"{label} val")
                 row.update(val_loss=val_loss, val_acc=val_acc)

@@ -26,13 +26,15 @@ from wtl.data.groups import find_identity_manifest, identities_by_split, read_id
 from wtl.data.manifests import write_test_manifest
 from wtl.data.registry import DEFAULT_PREPROCESS
 from wtl.data.splits import TrainingSplits, training_splits
+from wtl.errors import UsageError
 from wtl.metrics.classification import Classification
-from wtl.nets.registry import BLOCK_DROPOUT, DROPOUT
+from wtl.nets import zoo
+from wtl.nets.registry import BLOCK_DROPOUT, DROPOUT, PRETRAINED_IMAGENET, is_zoo
 from wtl.nets.seed import ORIGINAL, Architecture, build_network
 from wtl.runtime import pick_device, seed_everything
 from wtl.training.checkpointing import CheckpointTrainer
 from wtl.training.distributed import DistInfo, eval_shard, log_shard, train_sampler
-from wtl.training.trainer import pick_amp_dtype
+from wtl.training.trainer import Freeze, pick_amp_dtype
 
 
 @dataclass
@@ -41,7 +43,7 @@ class TrainConfig:
 
     dataset: str  # malaria, gender or folder
     data_dir: Path
-    network: str = "last"  # last or every
+    network: str = "last"  # last or every (the seed networks), or a torchvision name of nets.registry.ZOO
     loss: str = "last"  # every network: loss on the last block or summed over every block
     max_per_class: int | None = None
     split_by: str = "group"
@@ -70,6 +72,8 @@ class TrainConfig:
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
+    pretrained: str | None = None  # torchvision networks: 'imagenet' or a local weights file
+    freeze_backbone: int = 0  # torchvision networks: train only the head for this many first epochs
 
     @property
     def data_name(self) -> str:
@@ -124,6 +128,57 @@ def identity_check(config: TrainConfig, splits: TrainingSplits) -> str:
         f"warning: {len(shared)} {noun} sit in two splits (e.g. {example}){where}: validation and test "
         f"accuracy overstate the accuracy on new {noun}"
     )
+
+
+def make_network(config: TrainConfig, num_classes: int, resuming: bool) -> tuple[torch.nn.Module, str | None]:
+    """The run's network (a seed network or a torchvision one, pretrained where asked) and a note on its weights.
+
+    A resumed run takes its weights from its checkpoint: pretrained weights are not read again.
+    """
+    if not is_zoo(config.network):
+        network = build_network(config.network, num_classes, config.dropout, config.block_dropout, config.architecture)
+        return network, None
+    if config.pretrained and not resuming:
+        if config.pretrained == PRETRAINED_IMAGENET:
+            state, where = zoo.imagenet_state(config.network)
+        else:
+            state, where = load_checkpoint(config.pretrained)["net_state_dict"], str(config.pretrained)
+        return zoo.pretrained(config.network, num_classes, state, where)
+    return zoo.build(config.network, num_classes), None
+
+
+def _metadata(config: TrainConfig, network: torch.nn.Module, class_names: list[str], preprocess: str) -> dict:
+    """What the checkpoint says about its model, so that every command loads it without flags."""
+    metadata: dict[str, Any] = {
+        "class_names": class_names,
+        "image_size": config.image_size,
+        "preprocess": preprocess,
+        "network": config.network,
+        "loss": config.loss,
+        "dataset": config.dataset,
+        "seed": config.seed,
+        "schedule": config.schedule,
+        "ema": config.ema,
+    }
+    if isinstance(network, zoo.TorchvisionNet):
+        metadata.update(
+            arch=network.arch,
+            normalisation=network.normalisation_record(),
+            pretrained=config.pretrained,
+            freeze_backbone=config.freeze_backbone,
+        )
+    else:
+        metadata["architecture"] = dataclasses.asdict(config.architecture)
+    return metadata
+
+
+def _freezing(network: torch.nn.Module, epochs: int) -> Freeze | None:
+    """--freeze-backbone N: the backbone's parameters and modules, fixed for the first N epochs."""
+    if epochs <= 0:
+        return None
+    if not isinstance(network, zoo.TorchvisionNet):
+        raise UsageError("--freeze-backbone is for torchvision networks (--network resnet18 ...)")
+    return Freeze(epochs, zoo.backbone_parameters(network), zoo.backbone_modules(network))
 
 
 def loss_function(config: TrainConfig) -> torch.nn.Module:
@@ -181,6 +236,7 @@ def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] |
         config.image_size,
         preprocess,
         config.split_by,
+        config.identities,
     )
     class_names = splits.train.class_names
     checkpoint = config.checkpoint
@@ -213,19 +269,13 @@ def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] |
         loader_val = DataLoader(eval_shard(val_cache, dist), batch_size=256)
     log_shard(sampler, dist, len(train_cache))
 
-    network = build_network(config.network, len(class_names), config.dropout, config.block_dropout, config.architecture)
-    metadata = {
-        "architecture": dataclasses.asdict(config.architecture),
-        "class_names": class_names,
-        "image_size": config.image_size,
-        "preprocess": preprocess,
-        "network": config.network,
-        "loss": config.loss,
-        "dataset": config.dataset,
-        "seed": config.seed,
-        "schedule": config.schedule,
-        "ema": config.ema,
-    }
+    if config.freeze_backbone and dist.enabled:
+        raise UsageError("--freeze-backbone is not supported under torchrun: train with one process")
+    resuming = not config.restart and checkpoint.is_file()
+    network, weights_note = make_network(config, len(class_names), resuming)
+    if weights_note and main:
+        _say(weights_note)
+    metadata = _metadata(config, network, class_names, preprocess)
     trainer = CheckpointTrainer(
         network,
         loss_function(config),
@@ -245,6 +295,7 @@ def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] |
         amp_dtype=amp_dtype,
         channels_last=config.channels_last,
         compile_model=compile_model,
+        freeze=_freezing(network, config.freeze_backbone),
     )
     try:
         history = trainer.train(loader_train, loader_val)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -21,6 +22,19 @@ from wtl.data import augment as augmentations
 from wtl.nets.seed import NetworkMultiLoss
 from wtl.training.distributed import DistInfo, broadcast_buffers, reduce_sums
 from wtl.training.registry import SCHEDULES
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """--freeze-backbone: for the first `epochs` epochs only the head trains.
+
+    The backbone's parameters get no gradient (Adam leaves them alone) and its modules stay in
+    eval mode, so that its batch-norm statistics do not move either: the features are fixed.
+    """
+
+    epochs: int
+    parameters: Sequence[nn.Parameter]
+    modules: Sequence[nn.Module]
 
 
 def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -66,8 +80,11 @@ class Trainer:
         schedule: str = "exponential",
         total_epochs: int | None = None,
         ema_decay: float | None = None,
+        freeze: Freeze | None = None,
     ) -> None:
         self.device = torch.device(device)
+        self.freeze = freeze
+        self.frozen = False
         self.dist = dist or DistInfo(device=self.device)
         self.memory_format = torch.channels_last if channels_last else None
         self.network = network.to(self.device)
@@ -168,6 +185,9 @@ class Trainer:
         judged = network if network is not None else self.evaluated
         if training:
             self.model.train()
+            if self.frozen and self.freeze is not None:
+                for module in self.freeze.modules:
+                    module.eval()
         else:
             judged.eval()
         # Sums stay on the device: reading them every step would make the GPU wait for the CPU.
@@ -197,6 +217,14 @@ class Trainer:
         if count == 0:
             raise ValueError("the loader yielded no images")
         return total_loss / count, 100.0 * correct / count
+
+    def freeze_for(self, epoch: int) -> bool:
+        """Freeze the backbone for epoch `epoch` (0-based) if it is among the first --freeze-backbone ones."""
+        self.frozen = self.freeze is not None and epoch < self.freeze.epochs
+        if self.freeze is not None:
+            for parameter in self.freeze.parameters:
+                parameter.requires_grad_(not self.frozen)
+        return self.frozen
 
     @torch.no_grad()
     def predict(self, loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
