@@ -29,6 +29,7 @@ from wtl.data.splits import TrainingSplits, training_splits
 from wtl.metrics.classification import Classification
 from wtl.nets.registry import BLOCK_DROPOUT, DROPOUT
 from wtl.nets.seed import ORIGINAL, Architecture, build_network
+from wtl.nets.summary import format_summary, summary
 from wtl.runtime import pick_device, seed_everything
 from wtl.training.checkpointing import CheckpointTrainer
 from wtl.training.distributed import DistInfo, eval_shard, log_shard, train_sampler
@@ -214,6 +215,8 @@ def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] |
     log_shard(sampler, dist, len(train_cache))
 
     network = build_network(config.network, len(class_names), config.dropout, config.block_dropout, config.architecture)
+    if main:
+        _say(format_summary(summary(network, config.image_size), f"network {config.network}: parameters"))
     metadata = {
         "architecture": dataclasses.asdict(config.architecture),
         "class_names": class_names,
