@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,6 +35,9 @@ class LoadedModel:
     checkpoint: dict[str, Any]
     # How a picture becomes the network's square input; models from before this key were squashed.
     preprocess: str = "squash"
+    # The statistics that tell pictures unlike the training data (wtl.metrics.ood), from the checkpoint's
+    # 'ood' entry or its <name>.ood.npz sidecar; None where it has neither.
+    ood: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -69,6 +73,21 @@ def guess_class_names(checkpoint: dict[str, Any], path: Path, num_classes: int) 
     return [f"class {i}" for i in range(num_classes)]
 
 
+def ood_statistics(checkpoint: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """The checkpoint's out-of-distribution statistics: its own 'ood' entry, else the arrays of <name>.ood.npz."""
+    content = checkpoint.get("ood")
+    if isinstance(content, dict):
+        return content
+    sidecar = names.ood_file(path)
+    if not sidecar.is_file():
+        return None
+    try:
+        with np.load(sidecar, allow_pickle=False) as arrays:
+            return {key: arrays[key] for key in arrays.files}
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{sidecar}: not readable out-of-distribution statistics ({error})") from None
+
+
 def load_model(source: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
     """Build the right network for a checkpoint (chosen by its keys) and load its weights.
 
@@ -97,4 +116,5 @@ def load_model(source: str | Path, device: torch.device | str = "cpu") -> Loaded
         path=path,
         checkpoint=checkpoint,
         preprocess=str(checkpoint.get("preprocess", "squash")),
+        ood=ood_statistics(checkpoint, path),
     )

@@ -237,7 +237,9 @@ def print_summary(args: argparse.Namespace) -> None:
     from wtl.nets.summary import format_summary, summary
 
     classes = 2  # malaria and gender; a folder's own number of classes only changes the classifier's row
-    network = build_network(args.network or "last", classes, architecture=Architecture(args.blocks, args.kernel, args.width))
+    network = build_network(
+        args.network or "last", classes, architecture=Architecture(args.blocks, args.kernel, args.width)
+    )
     title = (
         f"--network {args.network or 'last'}, {args.blocks} blocks, {args.kernel} x {args.kernel} kernels, "
         f"width {args.width}, {args.image_size} px input, {classes} classes"

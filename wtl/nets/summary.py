@@ -55,7 +55,9 @@ def summary(network: nn.Module, image_size: int = 128) -> list[Row]:
     classifier = net_blocks.classifier(network)
     for block in found:
         if isinstance(block.transform, nn.Linear):
-            rows.append(Row(f"transform {block.number}", (block.transform.out_features,), _count([block.transform], seen)))
+            rows.append(
+                Row(f"transform {block.number}", (block.transform.out_features,), _count([block.transform], seen))
+            )
     rows.append(Row("classifier", (classifier.out_features,), _count([network.get_submodule("classifier")], seen)))
     other = _count([network], seen)
     if other:

@@ -12,8 +12,16 @@ from wtl.plot.style import DPI
 
 # (key in a history row, legend label, line style); validation of the raw weights only exists with --ema.
 CURVES = {
-    "loss": (("train_loss", "training", "-"), ("val_loss", "validation", "-"), ("val_loss_raw", "validation, raw", ":")),
-    "accuracy": (("train_acc", "training", "-"), ("val_acc", "validation", "-"), ("val_acc_raw", "validation, raw", ":")),
+    "loss": (
+        ("train_loss", "training", "-"),
+        ("val_loss", "validation", "-"),
+        ("val_loss_raw", "validation, raw", ":"),
+    ),
+    "accuracy": (
+        ("train_acc", "training", "-"),
+        ("val_acc", "validation", "-"),
+        ("val_acc_raw", "validation, raw", ":"),
+    ),
 }
 
 
