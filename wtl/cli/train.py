@@ -148,8 +148,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _existing_folder(answer: str) -> str | None:
-    return None if Path(answer).expanduser().is_dir() else f"{answer}: no such folder, please try again."
+def _data_folder(dataset: str) -> Callable[[str], str | None]:
+    """The prompt's check: the answer must be a folder in the data set's layout (else the reason, and asked again)."""
+
+    def check(answer: str) -> str | None:
+        from wtl.data.checks import data_set_problem
+
+        if not answer:
+            return "Please type the data set's folder."
+        problem = data_set_problem(dataset, answer)
+        return None if problem is None else f"{problem}; please try again."
+
+    return check
 
 
 def complete_with_prompts(args: argparse.Namespace, read: Callable[[str], str] = input) -> argparse.Namespace:
@@ -168,7 +178,7 @@ def complete_with_prompts(args: argparse.Namespace, read: Callable[[str], str] =
             "gender": "the gender data set (the Dataset/ folder with Train/, Validation/, Test/, or its parent)",
             "folder": "the folder of class sub-folders",
         }[args.dataset]
-        answer = ask(f"Path to {where}:", "--data-dir PATH", check=_existing_folder, read=read)
+        answer = ask(f"Path to {where}:", "--data-dir PATH", check=_data_folder(args.dataset), read=read)
         args.data_dir = Path(answer).expanduser()
     if args.network is None:
         if args.dataset == "malaria":

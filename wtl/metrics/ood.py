@@ -1,12 +1,17 @@
-"""Is this picture like the training pictures? Two scores on the network's own features, and a threshold.
+"""Is this picture like the training pictures? Scores on the network's own features, and thresholds.
 
-Both scores grow as a picture gets less like the training data:
+Every score grows as a picture gets less like the training data:
 
-- mahalanobis: min_c (f - mu_c)^T P (f - mu_c), f the picture's globally average-pooled last-block
+- mahalanobis_last: min_c (f - mu_c)^T P (f - mu_c), f the picture's globally average-pooled last-block
   features (what the classifier reads), mu_c the mean of class c's training pictures, P the inverse
   of the classes' shared (pooled within-class) covariance, shrunk towards its mean variance
   (Sigma_s = (1 - a) Sigma + a tr(Sigma)/D I, a = SHRINKAGE) so that it can be inverted
   (Lee et al., NeurIPS 2018).
+- mahalanobis: the same distance d_b for the pooled features of every block b, each divided by its
+  own threshold t_b (its QUANTILE-quantile over the validation pictures), the largest of them:
+  max_b d_b / t_b. A picture far from the training pictures at any depth scores high (Lee et al.'s
+  feature ensemble): the last block of a malaria model sees a face much as an uninfected cell
+  (no parasite anywhere), its first blocks see colours no cell has.
 - energy: -T logsumexp(logits / T), T = 1 (Liu et al., NeurIPS 2020): low where some class is confident.
 
 The threshold of each score is its QUANTILE-quantile over the validation split's pictures (the
@@ -31,24 +36,26 @@ from wtl.maps.explain import Result
 from wtl.nets import blocks as net_blocks
 from wtl.nets.modes import eval_mode
 
-SCORES = ("mahalanobis", "energy")
+SCORES = ("mahalanobis", "mahalanobis_last", "energy")
 DEFAULT_SCORE = "mahalanobis"
 QUANTILE = 0.99
-SHRINKAGE = 0.01
+SHRINKAGE = 0.001
 TEMPERATURE = 1.0
 CHUNK = 64  # pictures per forward pass
 DESCRIPTIONS = {
-    "mahalanobis": "Mahalanobis distance of the pooled features to the nearest class",
+    "mahalanobis": "Mahalanobis distance of every block's pooled features, relative to its threshold",
+    "mahalanobis_last": "Mahalanobis distance of the last block's pooled features",
     "energy": "energy of the logits",
 }
 
 
 @dataclass(frozen=True)
 class OODStatistics:
-    """What scoring a picture needs: the class means and shared precision of the pooled features, and thresholds."""
+    """What scoring a picture needs: per block the class means and shared precision of its pooled features."""
 
-    means: Tensor  # (C, D) per class mean of the training pictures' pooled features
-    precision: Tensor  # (D, D) inverse of the shrunk shared covariance
+    means: list[Tensor]  # per block (C, D_b): each class's mean pooled features over the training pictures
+    precisions: list[Tensor]  # per block (D_b, D_b): inverse of the shrunk shared covariance
+    block_thresholds: list[float]  # per block t_b: its distance's QUANTILE-quantile over the validation pictures
     thresholds: dict[str, float]  # per score of SCORES: above it a picture is unlike the training data
     score: str = DEFAULT_SCORE  # the score that decides
     quantile: float = QUANTILE
@@ -63,8 +70,9 @@ class OODStatistics:
     def to_dict(self) -> dict[str, Any]:
         """Plain tensors, floats and strings (what a weights_only checkpoint can hold)."""
         return {
-            "means": self.means.detach().cpu().float(),
-            "precision": self.precision.detach().cpu().float(),
+            "means": [m.detach().cpu().float() for m in self.means],
+            "precisions": [p.detach().cpu().float() for p in self.precisions],
+            "block_thresholds": [float(t) for t in self.block_thresholds],
             "thresholds": {k: float(v) for k, v in self.thresholds.items()},
             "score": self.score,
             "quantile": float(self.quantile),
@@ -74,14 +82,22 @@ class OODStatistics:
 
     @classmethod
     def from_dict(cls, content: dict[str, Any]) -> OODStatistics:
-        """The statistics from `to_dict`'s layout (a checkpoint's 'ood' entry, or an npz's arrays)."""
-        thresholds = content["thresholds"]
-        if not isinstance(thresholds, dict):  # an npz: two arrays, names and values
+        """The statistics from `to_dict`'s layout (a checkpoint's 'ood' entry) or from `save_npz`'s arrays."""
+        if "means" in content:
+            means, precisions = list(content["means"]), list(content["precisions"])
+            block_thresholds = [float(t) for t in content["block_thresholds"]]
+            thresholds = {str(k): float(v) for k, v in content["thresholds"].items()}
+        else:  # an npz: one array per block, and the thresholds as names and values
+            count = int(content["blocks"])
+            means = [content[f"means_block{b}"] for b in range(1, count + 1)]
+            precisions = [content[f"precision_block{b}"] for b in range(1, count + 1)]
+            block_thresholds = [float(t) for t in np.asarray(content["block_thresholds"])]
             thresholds = dict(zip(map(str, content["threshold_names"]), map(float, content["thresholds"])))
         return cls(
-            torch.as_tensor(np.asarray(content["means"]), dtype=torch.float32),
-            torch.as_tensor(np.asarray(content["precision"]), dtype=torch.float32),
-            {str(k): float(v) for k, v in thresholds.items()},
+            [torch.as_tensor(np.asarray(m), dtype=torch.float32) for m in means],
+            [torch.as_tensor(np.asarray(p), dtype=torch.float32) for p in precisions],
+            block_thresholds,
+            thresholds,
             str(content.get("score", DEFAULT_SCORE)),
             float(content.get("quantile", QUANTILE)),
             str(content.get("fitted_on", "")),
@@ -89,26 +105,24 @@ class OODStatistics:
         )
 
     def save_npz(self, path: Path) -> Path:
-        """Write the statistics as an npz (the sidecar of a checkpoint that lacks them)."""
+        """Write the statistics as an npz (the sidecar of a checkpoint that lacks them); no pickles."""
         names = list(self.thresholds)
-        np.savez(
-            path,
-            means=self.means.numpy(),
-            precision=self.precision.numpy(),
-            threshold_names=np.array(names),
-            thresholds=np.array([self.thresholds[n] for n in names]),
-            score=np.array(self.score),
-            quantile=np.array(self.quantile),
-            fitted_on=np.array(self.fitted_on),
-            chosen_on=np.array(self.chosen_on),
-        )
+        arrays: dict[str, np.ndarray] = {
+            "blocks": np.array(len(self.means)),
+            "block_thresholds": np.array(self.block_thresholds),
+            "threshold_names": np.array(names),
+            "thresholds": np.array([self.thresholds[n] for n in names]),
+            "score": np.array(self.score),
+            "quantile": np.array(self.quantile),
+            "fitted_on": np.array(self.fitted_on),
+            "chosen_on": np.array(self.chosen_on),
+        }
+        for b, (mean, precision) in enumerate(zip(self.means, self.precisions), start=1):
+            arrays[f"means_block{b}"] = mean.numpy()
+            arrays[f"precision_block{b}"] = precision.numpy()
+        with open(path, "wb") as file:
+            np.savez_compressed(file, **arrays)
         return path
-
-    @classmethod
-    def load_npz(cls, path: Path) -> OODStatistics:
-        """Read an npz written by save_npz (no pickles)."""
-        with np.load(path, allow_pickle=False) as content:
-            return cls.from_dict({key: content[key] for key in content.files})
 
 
 @dataclass
@@ -131,16 +145,20 @@ class OODScores:
 # --------------------------------------------------------------------------- the math
 
 
-def pooled_features(network: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
-    """(pooled (N, D), logits (N, C)): the last block's globally average-pooled output, and the network's logits."""
+def pooled_features(network: nn.Module, images: Tensor) -> tuple[list[Tensor], Tensor]:
+    """(per block the pooled features (N, D_b), logits (N, C)): every block's output averaged over space, and the logits."""
     device = next(network.parameters()).device
-    pooled, logits = [], []
+    pooled: list[list[Tensor]] = []
+    logits = []
     with eval_mode(network), torch.no_grad():
         for start in range(0, len(images), CHUNK):
-            last = net_blocks.block_outputs(network, images[start : start + CHUNK].to(device))[-1]
-            pooled.append(last.mean(dim=(2, 3)).float().cpu())
-            logits.append(net_blocks.head(network, last).float().cpu())
-    return torch.cat(pooled), torch.cat(logits)
+            outputs = net_blocks.block_outputs(network, images[start : start + CHUNK].to(device))
+            if not pooled:
+                pooled = [[] for _ in outputs]
+            for part, output in zip(pooled, outputs):
+                part.append(output.mean(dim=(2, 3)).float().cpu())
+            logits.append(net_blocks.head(network, outputs[-1]).float().cpu())
+    return [torch.cat(part) for part in pooled], torch.cat(logits)
 
 
 def fit_gaussians(
@@ -176,9 +194,16 @@ def energy(logits: Tensor, temperature: float = TEMPERATURE) -> Tensor:
     return -temperature * torch.logsumexp(logits.double() / temperature, dim=1).float()
 
 
-def score_features(pooled: Tensor, logits: Tensor, means: Tensor, precision: Tensor) -> dict[str, Tensor]:
-    """Every score of SCORES for pooled features and logits."""
-    return {"mahalanobis": mahalanobis(pooled, means, precision), "energy": energy(logits)}
+def score_features(pooled: list[Tensor], logits: Tensor, statistics: OODStatistics) -> dict[str, Tensor]:
+    """Every score of SCORES for the blocks' pooled features and the logits."""
+    distances = [mahalanobis(f, m, p) for f, m, p in zip(pooled, statistics.means, statistics.precisions)]
+    return scores_of(distances, logits, statistics.block_thresholds)
+
+
+def scores_of(distances: list[Tensor], logits: Tensor, block_thresholds: list[float]) -> dict[str, Tensor]:
+    """The scores from the blocks' distances: max_b d_b / t_b, the last block's d, and the energy."""
+    relative = torch.stack([d / max(t, 1e-12) for d, t in zip(distances, block_thresholds)]).amax(dim=0)
+    return {"mahalanobis": relative, "mahalanobis_last": distances[-1], "energy": energy(logits)}
 
 
 def quantile_threshold(scores: Tensor, quantile: float = QUANTILE) -> float:
@@ -191,18 +216,23 @@ def quantile_threshold(scores: Tensor, quantile: float = QUANTILE) -> float:
 # --------------------------------------------------------------------------- fitting and scoring
 
 
-def _features_of(network: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
-    """(pooled, logits, labels) of every (images in [0, 1] or uint8, labels) batch."""
-    pooled, logits, labels = [], [], []
+def _features_of(
+    network: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]
+) -> tuple[list[Tensor], Tensor, Tensor]:
+    """(per block pooled features, logits, labels) of every (images in [0, 1] or uint8, labels) batch."""
+    pooled: list[list[Tensor]] = []
+    logits, labels = [], []
     for images, label in batches:
         images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        p, lg = pooled_features(network, images)
-        pooled.append(p)
+        blocks, lg = pooled_features(network, images)
+        pooled = pooled or [[] for _ in blocks]
+        for part, block in zip(pooled, blocks):
+            part.append(block)
         logits.append(lg)
         labels.append(torch.as_tensor(label).reshape(-1).long())
-    if not pooled:
+    if not logits:
         raise ValueError("no pictures to fit the statistics on")
-    return torch.cat(pooled), torch.cat(logits), torch.cat(labels)
+    return [torch.cat(part) for part in pooled], torch.cat(logits), torch.cat(labels)
 
 
 def fit(
@@ -213,7 +243,7 @@ def fit(
     quantile: float = QUANTILE,
     score: str = DEFAULT_SCORE,
 ) -> OODStatistics:
-    """Fit the class Gaussians on the training batches and each score's threshold on the validation batches.
+    """Fit each block's class Gaussians on the training batches, the thresholds on the validation batches.
 
     Without validation batches the thresholds come from the training pictures themselves (which
     lie closer to their own means, so new pictures are flagged a little more often).
@@ -221,16 +251,19 @@ def fit(
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r} (expected one of {', '.join(SCORES)})")
     pooled, logits, labels = _features_of(network, training)
-    means, precision = fit_gaussians(pooled, labels, classes)
+    fitted = [fit_gaussians(block, labels, classes) for block in pooled]
+    means, precisions = [m for m, _ in fitted], [p for _, p in fitted]
     fitted_on = f"training split, {len(labels)} pictures"
     held = _features_of(network, validation) if validation is not None else None
     if held is not None and len(held[2]):
         pooled, logits, chosen_on = held[0], held[1], f"validation split, {len(held[2])} pictures"
     else:
         chosen_on = f"training split, {len(labels)} pictures (no validation split)"
-    scores = score_features(pooled, logits, means, precision)
+    distances = [mahalanobis(f, m, p) for f, m, p in zip(pooled, means, precisions)]
+    block_thresholds = [quantile_threshold(d, quantile) for d in distances]
+    scores = scores_of(distances, logits, block_thresholds)
     thresholds = {name: quantile_threshold(values, quantile) for name, values in scores.items()}
-    return OODStatistics(means, precision, thresholds, score, quantile, fitted_on, chosen_on)
+    return OODStatistics(means, precisions, block_thresholds, thresholds, score, quantile, fitted_on, chosen_on)
 
 
 def statistics_of(content: dict[str, Any] | None) -> OODStatistics | None:
@@ -241,7 +274,7 @@ def statistics_of(content: dict[str, Any] | None) -> OODStatistics | None:
 def score_images(network: nn.Module, statistics: OODStatistics, images: Tensor) -> OODScores:
     """Every score of a batch of network inputs (N, 3, S, S) in [0, 1], and which are flagged."""
     pooled, logits = pooled_features(network, images)
-    return OODScores(score_features(pooled, logits, statistics.means, statistics.precision), statistics)
+    return OODScores(score_features(pooled, logits, statistics), statistics)
 
 
 def assess(result: Result) -> Result:
