@@ -109,8 +109,25 @@ def test_block_two_filters_are_the_kernels_mean_over_their_inputs() -> None:
 def test_features_dream_channel_and_all_maps_through_the_cli(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = run_cli(
-        "features", "--model", BUNDLED, "--dream", DEMO[0], "--block", "3", "--channel", "102", "98",
-        "--octaves", "2", "--dream-steps", "4", "--out", out, "--save-npz", "--device", "cpu",
+        "features",
+        "--model",
+        BUNDLED,
+        "--dream",
+        DEMO[0],
+        "--block",
+        "3",
+        "--channel",
+        "102",
+        "98",
+        "--octaves",
+        "2",
+        "--dream-steps",
+        "4",
+        "--out",
+        out,
+        "--save-npz",
+        "--device",
+        "cpu",
         script="where_to_look.py",
     )
     assert result.returncode == 0, result.stderr
@@ -123,8 +140,26 @@ def test_features_dream_channel_and_all_maps_through_the_cli(tmp_path: Path) -> 
     for path in [*DEMO[:2], *sorted((REPO / "data" / "demo" / "Parasitized").glob("*.png"))[:2]]:
         (cells / path.name).write_bytes(path.read_bytes())
     result = run_cli(
-        "features", "--model", BUNDLED, "--image", cells, "--block", "2", "--channel", "4", "9", "--all-maps",
-        "--steps", "2", "--examples", "1", "--out", out, "--save-npz", "--device", "cpu",
+        "features",
+        "--model",
+        BUNDLED,
+        "--image",
+        cells,
+        "--block",
+        "2",
+        "--channel",
+        "4",
+        "9",
+        "--all-maps",
+        "--steps",
+        "2",
+        "--examples",
+        "1",
+        "--out",
+        out,
+        "--save-npz",
+        "--device",
+        "cpu",
         script="where_to_look.py",
     )
     assert result.returncode == 0, result.stderr

@@ -9,7 +9,6 @@ import pytest
 import torch
 from conftest import run_cli
 from PIL import Image
-from torch import nn
 
 from wtl.checkpoints.io import save_checkpoint
 from wtl.checkpoints.loading import load_model
@@ -109,13 +108,19 @@ def hand_set(reads: str) -> Network:
     return network
 
 
-@pytest.mark.parametrize("reads, flips, stays", [("stain", "stain", "background"), ("background", "background", "stain")])
+@pytest.mark.parametrize(
+    "reads, flips, stays", [("stain", "stain", "background"), ("background", "background", "stain")]
+)
 def test_erasing_the_region_a_network_reads_flips_it_and_another_does_not(
     tmp_path: Path, reads: str, flips: str, stays: str
 ) -> None:
     path = tmp_path / "model_malaria_last.pt"
     save_checkpoint(
-        {"net_state_dict": hand_set(reads).state_dict(), "image_size": SIZE, "class_names": ["Uninfected", "Parasitized"]},
+        {
+            "net_state_dict": hand_set(reads).state_dict(),
+            "image_size": SIZE,
+            "class_names": ["Uninfected", "Parasitized"],
+        },
         path,
     )
     model = load_model(path)
@@ -148,7 +153,16 @@ def test_a_mask_file_removes_its_non_black_pixels(tmp_path: Path) -> None:
 def test_single_erase_draws_before_and_after(tmp_path: Path) -> None:
     pictures = sorted((REPO / "data" / "demo" / "Parasitized").glob("*.png"))[:2]
     result = run_cli(
-        "single", "--image", *pictures, "--erase", "stain", "--out", tmp_path, "--save-npz", "--device", "cpu",
+        "single",
+        "--image",
+        *pictures,
+        "--erase",
+        "stain",
+        "--out",
+        tmp_path,
+        "--save-npz",
+        "--device",
+        "cpu",
         script="where_to_look.py",
     )
     assert result.returncode == 0, result.stderr

@@ -130,9 +130,7 @@ def test_the_result_title_and_npz_say_which_pictures_are_unlike(tmp_path: Path) 
     torch.manual_seed(0)
     network = Network(architecture=Architecture(2, 3, 8)).eval()
     path = tmp_path / "model_malaria_last.pt"
-    save_checkpoint(
-        {"net_state_dict": network.state_dict(), "image_size": 32, "ood": _fitted(network).to_dict()}, path
-    )
+    save_checkpoint({"net_state_dict": network.state_dict(), "image_size": 32, "ood": _fitted(network).to_dict()}, path)
     model = load_model(path)
     pictures = torch.cat([_cells(2, 5), _faces(1, 5)])
     result = ood.assess(explain(model, pictures))
@@ -151,7 +149,9 @@ def test_the_result_title_and_npz_say_which_pictures_are_unlike(tmp_path: Path) 
     assert "out_of_distribution" not in np.load(draw(plain, tmp_path / "bare", save_npz=True)[0].with_suffix(".npz"))
 
 
-@pytest.mark.parametrize("name", ["model_malaria_last", "model_malaria_every_single_loss", "model_malaria_every_multi_loss"])
+@pytest.mark.parametrize(
+    "name", ["model_malaria_last", "model_malaria_every_single_loss", "model_malaria_every_multi_loss"]
+)
 def test_bundled_malaria_models_pass_demo_cells_and_flag_noise_faces(name: str) -> None:
     model = load_model(BUNDLED / f"{name}.pt")
     statistics = ood.statistics_of(model.ood)

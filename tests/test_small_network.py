@@ -47,7 +47,10 @@ def test_summary_flag_prints_and_trains_nothing(tmp_path: Path, capsys: pytest.C
 
 
 def test_history_figure_has_one_point_per_epoch() -> None:
-    rows = [{"epoch": e, "train_loss": 1 / e, "train_acc": 50 + e, "val_loss": 1.1 / e, "val_acc": 49 + e} for e in (1, 2, 3)]
+    rows = [
+        {"epoch": e, "train_loss": 1 / e, "train_acc": 50 + e, "val_loss": 1.1 / e, "val_acc": 49 + e}
+        for e in (1, 2, 3)
+    ]
     figure = history_figure(rows)
     lines = [line for ax in figure.axes for line in ax.get_lines() if line.get_label() in ("training", "validation")]
     assert len(lines) == 4 and all(list(line.get_xdata()) == [1, 2, 3] for line in lines)
@@ -97,14 +100,23 @@ def test_three_blocks_load_in_single_and_multi(three_blocks: dict[str, Path], tm
     cell = next((Path(__file__).resolve().parents[1] / "data" / "demo" / "Parasitized").glob("*.png"))
     last = three_blocks["last"] / "model_malaria_last.best.pt"
     single = run_cli(
-        "single", "--model", last, "--image", cell, tmp_path / "face.png", "--out", tmp_path / "s", "--save-npz",
+        "single",
+        "--model",
+        last,
+        "--image",
+        cell,
+        tmp_path / "face.png",
+        "--out",
+        tmp_path / "s",
+        "--save-npz",
         script="where_to_look.py",
     )
     assert single.returncode == 0, single.stderr
     assert (tmp_path / "s" / f"{cell.stem}_single.png").is_file()
     every = three_blocks["every"] / "model_malaria_every_multi_loss.best.pt"
-    multi = run_cli("multi", "--model", every, "--image", cell, "--out", tmp_path / "m", "--save-npz",
-                    script="where_to_look.py")
+    multi = run_cli(
+        "multi", "--model", every, "--image", cell, "--out", tmp_path / "m", "--save-npz", script="where_to_look.py"
+    )
     assert multi.returncode == 0, multi.stderr
     numbers = np.load(tmp_path / "m" / f"{cell.stem}_multi_model_malaria_every_multi_loss.npz")
     assert {f"cam_block{b}" for b in (1, 2, 3)} <= set(numbers.files) and "cam_block4" not in numbers.files

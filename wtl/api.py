@@ -24,10 +24,23 @@ from wtl.evaluation.result import EvaluationResult
 from wtl.maps.explain import Picture, Result
 from wtl.maps.explain import explain as explain_pictures
 from wtl.maps.registry import DEFAULT_FUSION, DEFAULT_METHOD
+from wtl.metrics.erasure import Erasure
+from wtl.metrics.erasure import erase as erase_pictures
 from wtl.metrics.ood import assess
 from wtl.plot.draw import draw
 
-__all__ = ["EvaluateOptions", "EvaluationResult", "LoadedModel", "Result", "draw", "evaluate", "explain", "load_model"]
+__all__ = [
+    "EvaluateOptions",
+    "EvaluationResult",
+    "Erasure",
+    "LoadedModel",
+    "Result",
+    "draw",
+    "erase",
+    "evaluate",
+    "explain",
+    "load_model",
+]
 
 
 def explain(
@@ -47,6 +60,25 @@ def explain(
     """
     result = explain_pictures(model, pictures, method, blocks, class_index, fusion, batch_size)
     return assess(result)
+
+
+def erase(
+    model: LoadedModel,
+    pictures: Picture | Sequence[Picture],
+    region: str | Path,
+    method: str = DEFAULT_METHOD,
+    class_index: int | Tensor | None = None,
+    batch_size: int = 32,
+) -> Erasure:
+    """Explain pictures as they are and with a region removed: 'background', 'stain', or a mask picture's path.
+
+    Returns an Erasure: `.before` and `.after` (Results, judged for being like the training data),
+    `.masks` (B, S, S) what was removed, `.changed` (B,) whether the prediction changed.
+    `wtl.plot.erasure.draw_erasure` draws it as `single --erase` does.
+    """
+    erased = erase_pictures(model, pictures, region, method, class_index, batch_size)
+    erased.before, erased.after = assess(erased.before), assess(erased.after)
+    return erased
 
 
 def evaluate(

@@ -99,7 +99,7 @@ def dream_pictures(
             f"{classes[top_after]} {float(after[top_after]):.1%}"
         )
         print(line)
-        title = f"deep dream of {path.name} ({model.path.name}): raising {what}"
+        title = f"deep dream of {path.name} ({model.path.name})\nraising {what}"
         subtitle = f"dreamed: {change}\npredicted {classes[top_after]} {float(after[top_after]):.1%}"
         fig = figures.dream_figure(image.cpu().numpy(), dreamed.image.numpy(), title, subtitle)
         outputs.save(fig, f"{stem}_dream_{path.stem}_{tag}", numbers)

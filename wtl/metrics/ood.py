@@ -107,7 +107,7 @@ class OODStatistics:
     def save_npz(self, path: Path) -> Path:
         """Write the statistics as an npz (the sidecar of a checkpoint that lacks them); no pickles."""
         names = list(self.thresholds)
-        arrays: dict[str, np.ndarray] = {
+        arrays: dict[str, Any] = {
             "blocks": np.array(len(self.means)),
             "block_thresholds": np.array(self.block_thresholds),
             "threshold_names": np.array(names),
@@ -146,7 +146,7 @@ class OODScores:
 
 
 def pooled_features(network: nn.Module, images: Tensor) -> tuple[list[Tensor], Tensor]:
-    """(per block the pooled features (N, D_b), logits (N, C)): every block's output averaged over space, and the logits."""
+    """(per block the pooled features (N, D_b), logits (N, C)): each block's output averaged over space; the logits."""
     device = next(network.parameters()).device
     pooled: list[list[Tensor]] = []
     logits = []
@@ -216,9 +216,7 @@ def quantile_threshold(scores: Tensor, quantile: float = QUANTILE) -> float:
 # --------------------------------------------------------------------------- fitting and scoring
 
 
-def _features_of(
-    network: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]
-) -> tuple[list[Tensor], Tensor, Tensor]:
+def _features_of(network: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> tuple[list[Tensor], Tensor, Tensor]:
     """(per block pooled features, logits, labels) of every (images in [0, 1] or uint8, labels) batch."""
     pooled: list[list[Tensor]] = []
     logits, labels = [], []
