@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         mark = " (decides)" if name == statistics.score else ""
         share = format_share(int(flagged[name].sum()), total)
         print(
-            f"  {name:<12} threshold {statistics.thresholds[name]:<10.4g} unlike the training pictures: {share}{mark}"
+            f"  {name:<17} threshold {statistics.thresholds[name]:<10.4g} unlike the training pictures: {share}{mark}"
         )
     outputs = Outputs(args.out, False)
     report = {
