@@ -139,9 +139,10 @@ def _count_batches(monkeypatch, argv: list[str]) -> list[int]:
 def test_batch_size_is_honoured_by_single_multi_and_gender100(monkeypatch, tmp_path: Path) -> None:
     cells = DEMO / "Parasitized"  # 10 cells
     single = _count_batches(monkeypatch, ["single", "--image", str(cells), "--batch-size", "4", "--out", str(tmp_path)])
-    assert single == [4, 4, 2]
+    # Each batch twice: explained, then judged against the model's training pictures (metrics.ood).
+    assert single == [4, 4, 4, 4, 2, 2]
     multi = ["multi", "--loss", "every", "--image", str(cells), "--batch-size", "3", "--out", str(tmp_path)]
-    assert _count_batches(monkeypatch, multi) == [3, 3, 3, 1]
+    assert _count_batches(monkeypatch, multi) == [3, 3, 3, 3, 3, 3, 1, 1]
     faces = build_gender(tmp_path / "faces")  # 4 test faces per gender
     model = REPO / "models" / "bundled" / "model_gender_last.pt"
     gender = ["gender100", "--data-dir", str(faces), "--model", str(model), "--count", "3", "--batch-size", "2"]
@@ -175,6 +176,10 @@ def test_the_api_gives_the_arrays_single_and_multi_save(tmp_path: Path) -> None:
                 np.testing.assert_array_equal(npz["logits"], result.logits[i].numpy())
                 np.testing.assert_array_equal(npz["cam"], result.cam[i].numpy())
                 np.testing.assert_array_equal(npz["heatmap"], result.heatmap[i].numpy())
+                # Both judge the picture against the model's training pictures alike.
+                assert result.ood_score is not None and result.out_of_distribution is not None
+                assert float(npz["ood_score"]) == float(result.ood_score[i])
+                assert bool(npz["out_of_distribution"]) == bool(result.out_of_distribution[i])
                 if blocks == "every":
                     np.testing.assert_array_equal(npz["heatmap_fused"], result.fused[i].numpy())
                     for b, heat in enumerate(result.heatmaps, start=1):
@@ -211,13 +216,15 @@ def test_pip_install_gives_wtl_and_both_commands_anywhere(tmp_path: Path, editab
         "cell = sorted((resources.demo_dir() / 'Parasitized').iterdir())[0]\n"
         "result = wtl.explain(wtl.load_model('malaria'), cell)\n"
         "print(wtl.__file__)\n"
-        "print(resources.in_checkout(), result.class_names[int(result.predictions[0])], tuple(result.heatmap.shape))\n"
+        "print(resources.in_checkout(), result.class_names[int(result.predictions[0])], tuple(result.heatmap.shape),"
+        " bool(result.out_of_distribution[0]))\n"
     )
     shown = subprocess.run([str(python), "-c", code], cwd=elsewhere, capture_output=True, text=True, env=ENV)
     assert shown.returncode == 0, shown.stderr
     where, facts = shown.stdout.strip().splitlines()[-2:]
     assert Path(where).is_relative_to(clone if editable else venv)
-    assert facts == f"{editable} Parasitized (1, 128, 128)"
+    # The bundled statistics travel with the package: a demo cell is judged, and like the training cells.
+    assert facts == f"{editable} Parasitized (1, 128, 128) False"
     cell = sorted((clone / "data" / "demo" / "Parasitized").iterdir())[0]
     for script, argv in (
         ("where-to-look", ["single", "--image", str(cell), "--out", str(elsewhere / "out")]),

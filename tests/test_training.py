@@ -186,8 +186,10 @@ def test_train_one_epoch(trained, name: str) -> None:
     # Written atomically: no temporary file is left behind.
     assert part_files(run.models) == []
     assert sorted(p.name for p in run.models.iterdir()) == sorted(
-        [f"{stem}.pt", f"{stem}.best.pt", f"{stem}.metrics.json", f"{stem}.test_files.json"]
+        [f"{stem}.pt", f"{stem}.best.pt", f"{stem}.metrics.json", f"{stem}.test_files.json", f"{stem}.history.png"]
     )
+    # Both checkpoints carry the statistics that tell pictures unlike the training pictures.
+    assert "ood" in checkpoint and "ood" in best and metrics["ood"]["quantile"] == 0.99
     assert checkpoint["preprocess"] == ("center-crop" if name.startswith("gender") else "squash")
     assert loaded.preprocess == checkpoint["preprocess"]
 

@@ -5,7 +5,8 @@
     result = wtl.explain(model, "data/demo/Parasitized", method="cam", blocks="every")
     wtl.draw(result, "outputs/")                     # the same PNGs the CLI writes
 
-`wtl.evaluate(model, data_dir)` scores a model and its maps. The names below are loaded on first
+`wtl.evaluate(model, data_dir)` scores a model and its maps; `wtl.erase(model, pictures, "background")`
+classifies pictures again with a region removed. The names below are loaded on first
 use, so that `import wtl` (and the command-line tools' --help) stays quick.
 """
 
@@ -14,7 +15,18 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.2.0"
-__all__ = ["EvaluateOptions", "EvaluationResult", "LoadedModel", "Result", "draw", "evaluate", "explain", "load_model"]
+__all__ = [
+    "EvaluateOptions",
+    "EvaluationResult",
+    "Erasure",
+    "LoadedModel",
+    "Result",
+    "draw",
+    "erase",
+    "evaluate",
+    "explain",
+    "load_model",
+]
 
 
 def __getattr__(name: str) -> Any:

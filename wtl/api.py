@@ -13,16 +13,72 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from torch import Tensor
+
 from wtl.checkpoints.loading import LoadedModel, load_model
 from wtl.data.datasets import dataset_kind, model_dataset
 from wtl.evaluation.driver import EvaluateOptions
 from wtl.evaluation.driver import evaluate as evaluate_dataset
 from wtl.evaluation.inputs import Images
 from wtl.evaluation.result import EvaluationResult
-from wtl.maps.explain import Result, explain
+from wtl.maps.explain import Picture, Result
+from wtl.maps.explain import explain as explain_pictures
+from wtl.maps.registry import DEFAULT_FUSION, DEFAULT_METHOD
+from wtl.metrics.erasure import Erasure
+from wtl.metrics.erasure import erase as erase_pictures
+from wtl.metrics.ood import assess
 from wtl.plot.draw import draw
 
-__all__ = ["EvaluateOptions", "EvaluationResult", "LoadedModel", "Result", "draw", "evaluate", "explain", "load_model"]
+__all__ = [
+    "EvaluateOptions",
+    "EvaluationResult",
+    "Erasure",
+    "LoadedModel",
+    "Result",
+    "draw",
+    "erase",
+    "evaluate",
+    "explain",
+    "load_model",
+]
+
+
+def explain(
+    model: LoadedModel,
+    pictures: Picture | Sequence[Picture],
+    method: str = DEFAULT_METHOD,
+    blocks: str = "last",
+    class_index: int | Tensor | None = None,
+    fusion: str = DEFAULT_FUSION,
+    batch_size: int = 32,
+) -> Result:
+    """Explain pictures with a model (wtl.maps.explain.explain), each judged for being like the training data.
+
+    Where the model has out-of-distribution statistics (its checkpoint's, or the bundled sidecar's),
+    `result.out_of_distribution` (B,) says which pictures are unlike its training pictures and
+    `result.ood_score` by how much; `draw` puts it in the title and the npz.
+    """
+    result = explain_pictures(model, pictures, method, blocks, class_index, fusion, batch_size)
+    return assess(result)
+
+
+def erase(
+    model: LoadedModel,
+    pictures: Picture | Sequence[Picture],
+    region: str | Path,
+    method: str = DEFAULT_METHOD,
+    class_index: int | Tensor | None = None,
+    batch_size: int = 32,
+) -> Erasure:
+    """Explain pictures as they are and with a region removed: 'background', 'stain', or a mask picture's path.
+
+    Returns an Erasure: `.before` and `.after` (Results, judged for being like the training data),
+    `.masks` (B, S, S) what was removed, `.changed` (B,) whether the prediction changed.
+    `wtl.plot.erasure.draw_erasure` draws it as `single --erase` does.
+    """
+    erased = erase_pictures(model, pictures, region, method, class_index, batch_size)
+    erased.before, erased.after = assess(erased.before), assess(erased.after)
+    return erased
 
 
 def evaluate(

@@ -2,8 +2,10 @@
 
 Checkpoints keep the original project's names, `model_<data>_<run>.pt`; beside each the trainer
 writes `<name>.best.pt` (best-validation weights), `<name>.test_files.json` (its test split),
-`<name>.metrics.json` and `<name>.history.png`. The commands name their pictures after the input
-and the method, so that two inputs or two methods never overwrite each other.
+`<name>.metrics.json` and `<name>.history.png`; `<name>.ood.npz` holds a checkpoint's
+out-of-distribution statistics where the checkpoint itself does not (the bundled ones). The
+commands name their pictures after the input and the method, so that two inputs or two methods
+never overwrite each other.
 """
 
 from __future__ import annotations
@@ -79,6 +81,14 @@ def history_file(checkpoint: Path) -> Path:
     return _beside(checkpoint, ".history.png")
 
 
+def ood_file(checkpoint: Path) -> Path:
+    """<name>.ood.npz: the statistics that tell pictures unlike the training data, for a checkpoint that lacks them.
+
+    Not `.pt`, so that no folder scan ever takes it for a model.
+    """
+    return _beside(checkpoint, ".ood.npz")
+
+
 def seed_manifest_name(data: str, run: str) -> str:
     """The original project's manifest name in data/: <data>_testing_filenames_{last,every,every_every}.json."""
     return f"{data}_testing_filenames_{SEED_MANIFEST_SUFFIX.get(run, run)}.json"
@@ -105,6 +115,12 @@ def single_picture(stem: str, method: str) -> str:
 def multi_picture(stem: str, checkpoint: Path, method: str) -> str:
     """The every-block view's picture: <stem>_multi_<model>[_method]."""
     return f"{stem}_multi_{checkpoint_name(checkpoint)}{method_suffix(method)}"
+
+
+def erase_picture(stem: str, region: str) -> str:
+    """single --erase's picture of one input: <stem>_erase_<region> (a mask file by its stem)."""
+    tag = "".join(c if c.isalnum() else "_" for c in Path(region).stem)
+    return f"{stem}_erase_{tag}"
 
 
 def evaluation_stem(checkpoint: Path, split: str) -> str:

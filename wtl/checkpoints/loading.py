@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -64,6 +65,10 @@ class LoadedModel:
     def single_logit(self) -> bool:
         """Whether the head is one sigmoid logit z (shown as the two logits (-z/2, z/2))."""
         return bool(getattr(self.network, "sigmoid", False))
+
+    # The statistics that tell pictures unlike the training data (wtl.metrics.ood), from the checkpoint's
+    # 'ood' entry or its <name>.ood.npz sidecar; None where it has neither.
+    ood: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -166,6 +171,21 @@ def _class_names(checkpoint: dict[str, Any], path: Path, outputs: int, plain: Pl
     return guess_class_names(checkpoint, path, outputs)
 
 
+def ood_statistics(checkpoint: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """The checkpoint's out-of-distribution statistics: its own 'ood' entry, else the arrays of <name>.ood.npz."""
+    content = checkpoint.get("ood")
+    if isinstance(content, dict):
+        return content
+    sidecar = names.ood_file(path)
+    if not sidecar.is_file():
+        return None
+    try:
+        with np.load(sidecar, allow_pickle=False) as arrays:
+            return {key: arrays[key] for key in arrays.files}
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{sidecar}: not readable out-of-distribution statistics ({error})") from None
+
+
 def load_model(
     source: str | Path, device: torch.device | str = "cpu", plain: PlainWeights | None = None, **fields: Any
 ) -> LoadedModel:
@@ -211,4 +231,5 @@ def load_model(
         checkpoint=checkpoint,
         preprocess=str(checkpoint.get("preprocess", plain.preprocess or preprocess)),
         arch=arch,
+        ood=ood_statistics(checkpoint, path),
     )

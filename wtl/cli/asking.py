@@ -53,18 +53,58 @@ def ensure_models(given: argparse.Namespace, read: Callable[[str], str]) -> None
     download_weights(getattr(given, "weights_url", None), models_dir)
 
 
-def _folder(answer: str) -> str | None:
-    return None if Path(answer).expanduser().is_dir() else f"{answer}: no such folder, please try again."
+def _again(problem: str | None) -> str | None:
+    return None if problem is None else f"{problem}; please try again."
+
+
+def _data_set(dataset: str, answer: str) -> str | None:
+    """Why the answer is not a folder of the data set's layout (data.checks), or None."""
+    from wtl.data.checks import data_set_problem
+
+    return _again(data_set_problem(dataset, answer))
 
 
 def _file(answer: str) -> str | None:
-    return None if Path(answer).expanduser().exists() else f"{answer}: no such file or folder, please try again."
+    """Why the answer is neither an image file nor a folder of them, or None."""
+    from wtl.data.checks import picture_problem
+
+    return _again(picture_problem(answer))
 
 
 def _gender_folder(answer: str) -> str | None:
     if not answer:
         return "No faces ship with the tool (CelebA's photos may not be passed on): type the data set's folder."
-    return _folder(answer)
+    return _data_set("gender", answer)
+
+
+def _malaria_folder(answer: str) -> str | None:
+    return None if not answer else _data_set("malaria", answer)
+
+
+def _gender100_result(gender: str) -> Callable[[str], str | None]:
+    """The overlay prompt's check: a Gender100 result of that gender (its npz, or the PNG beside it)."""
+
+    def check(answer: str) -> str | None:
+        import numpy as np
+
+        path = Path(answer).expanduser()
+        npz = path.with_suffix(".npz")
+        if path.suffix.lower() not in (".npz", ".png"):
+            return f"{answer}: expected gender100's .npz (or the .png beside it); please try again."
+        if not npz.is_file():
+            return f"{answer}: no {npz.name} (what gender100 writes); please try again."
+        try:
+            with np.load(npz) as data:
+                keys = set(data.files)
+                saved = str(data["gender"]) if "gender" in keys else None
+        except (OSError, ValueError, EOFError) as error:
+            return f"{npz}: not readable ({error}); please try again."
+        if {"heatmap_male", "heatmap_female"} <= keys or saved == gender:
+            return None
+        what = f"the {saved} map" if saved else "not a Gender100 result"
+        return f"{npz.name}: {what}, not the {gender.lower()} one; please try again."
+
+    return check
 
 
 def complete_with_prompts(
@@ -93,7 +133,12 @@ def complete_with_prompts(
         if command == "overlay" and getattr(given, "image", None) is None:
             answers["image"] = [
                 Path(
-                    ask(f"Path of the saved {gender} Gender100 result ({name}):", "--image", check=_file, read=read)
+                    ask(
+                        f"Path of the saved {gender} Gender100 result ({name}):",
+                        "--image",
+                        check=_gender100_result(gender.capitalize()),
+                        read=read,
+                    )
                 ).expanduser()
                 for gender, name in (("male", "gender100_male.npz or .png"), ("female", "gender100_female.npz or .png"))
             ]
@@ -130,7 +175,7 @@ def _demo_answers(given: argparse.Namespace, dataset: str, read: Callable[[str],
         answer = ask(
             "Path to the malaria data set (press Enter for the bundled demo cells):",
             "--data-dir PATH",
-            check=lambda a: None if not a else _folder(a),
+            check=_malaria_folder,
             read=read,
         )
         if not answer:

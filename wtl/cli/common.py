@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
     from wtl.checkpoints.loading import LoadedModel, PlainWeights
+    from wtl.maps.explain import Result
     from wtl.plot.style import Look
 
 SCRIPT = "where_to_look.py"
@@ -208,3 +209,18 @@ def pictures_of(args: argparse.Namespace, model: LoadedModel) -> list[tuple[Path
     if not args.image:
         raise UsageError(f"{args.command} needs pictures: pass --image FILE|FOLDER")
     return [(p, None) for p in resolve_images(args.image)]
+
+
+def judged(result: Result) -> Result:
+    """The result judged for being like the training pictures, with a one-line warning per picture that is not."""
+    from wtl.metrics.ood import assess, warning
+
+    result = assess(result)
+    if result.out_of_distribution is not None and result.ood_score is not None:
+        for i in range(len(result)):
+            if bool(result.out_of_distribution[i]):
+                source = result.inputs.sources[i]
+                name = source.name if isinstance(source, Path) else result.inputs.names[i]
+                score, threshold = float(result.ood_score[i]), float(result.ood_threshold or 0.0)
+                print(warning(name, score, threshold, str(result.ood_method), result.model.path.name))
+    return result

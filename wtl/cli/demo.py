@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     else:
         cells = demo.demo_cells()
     truths = [t for _, t in cells]
-    result = explain(model, [p for p, _ in cells], "cam", "last")
+    result = common.judged(explain(model, [p for p, _ in cells], "cam", "last"))
     draw(result, outputs, truths, look=look)
     correct = 0
     print(f"\n{'cell':<52}{'true':<13}{'predicted':<22}")
@@ -56,11 +56,11 @@ def run(args: argparse.Namespace) -> list[Path]:
     few = [p for p, t in cells if t == "Parasitized"][:2] + [p for p, t in cells if t == "Uninfected"][:1]
     if args.model:
         if model.kind == "every":
-            draw(explain(model, few, "cam", "every"), outputs, look=look)
+            draw(common.judged(explain(model, few, "cam", "every")), outputs, look=look)
         else:
             print(f"note: {model.path.name} is a last-block Network: the every-block pictures need a NetworkMultiLoss")
     else:
         for view in ("multi-last", "multi-every"):
             every = common.open_model(None, view, args.models_dir, device, bundled_only=True)
-            draw(explain(every, few, "cam", "every"), outputs, look=look)
+            draw(common.judged(explain(every, few, "cam", "every")), outputs, look=look)
     return outputs.written

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING
 
 from wtl.cli import common
 from wtl.data.registry import SPLIT_CHOICES
+from wtl.evaluation.registry import OUTCOMES
 from wtl.maps.registry import METHODS
 
 if TYPE_CHECKING:
     from wtl.checkpoints.loading import LoadedModel
     from wtl.data.datasets import ImageListSet
     from wtl.data.truth import GroundTruth
+    from wtl.evaluation.result import EvaluationResult
 
 SUMMARY = "how good are a model and its heatmaps: accuracy, pointing game, deletion/insertion"
 EXAMPLE = "python where_to_look.py evaluate --model models/bundled/model_malaria_last.pt --data-dir ~/cell_images"
@@ -49,6 +51,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write a report folder (index.html, galleries of misclassified cells, map misses and suspect "
         "labels) that opens offline in a browser",
+    )
+    p.add_argument(
+        "--gallery",
+        nargs="+",
+        choices=OUTCOMES,
+        default=[],
+        metavar="{tp,tn,fp,fn}",
+        help="also these galleries by outcome in the report (implies --report): true/false positives/negatives, "
+        "positive being Parasitized (faces: Male); the most confident first",
     )
     p.add_argument(
         "--sanity",
@@ -140,6 +151,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         seed=args.seed,
         faithful_images=args.faithful_images,
         truth=truth,
+        outcome_galleries=tuple(dict.fromkeys(args.gallery)),
     )
     result = evaluate(model, dataset, methods_of(args, model), options)
     if truth is not None:
@@ -147,10 +159,11 @@ def run(args: argparse.Namespace) -> list[Path]:
             print(line)
     result.details = {"model": shown_path(model.path), "data_dir": str(args.data_dir), "split": args.split}
     print(format_table(result))  # with the sanity check's table when it ran
+    _warn_unlike(result, model)
     stem = names.evaluation_stem(model.path, args.split)
     outputs.json(result.to_json(), stem)
     outputs.save(metrics_chart(result, f"{model.path.name} on {args.split} ({args.data_dir})"), stem)
-    if args.report:
+    if args.report or args.gallery:
         from wtl.plot.report import write_report
 
         details = {"model": shown_path(model.path), "data": f"{args.data_dir} ({args.split}, {len(dataset)} images)"}
@@ -160,3 +173,21 @@ def run(args: argparse.Namespace) -> list[Path]:
         outputs.written.append(index)
         print(f"report: {index} (open it in a browser)")
     return outputs.written
+
+
+WARNED = 10  # warnings printed one per picture; the rest are counted (every one is in the JSON)
+
+
+def _warn_unlike(result: EvaluationResult, model: LoadedModel) -> None:
+    """The one-line warning for each picture unlike the training pictures (the first WARNED of them)."""
+    from wtl.metrics.ood import statistics_of, warning
+
+    statistics = statistics_of(model.ood)
+    unlike = result.unlike_training
+    if statistics is None or not unlike:
+        return
+    for record in unlike[:WARNED]:
+        name = Path(record.file).name if record.file else "a picture"
+        print(warning(name, float(record.ood_score or 0.0), statistics.threshold, statistics.score, model.path.name))
+    if len(unlike) > WARNED:
+        print(f"warning: {len(unlike) - WARNED} more pictures are unlike the training pictures (listed in the JSON)")

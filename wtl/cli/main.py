@@ -9,6 +9,7 @@ python where_to_look.py overlay --image outputs/gender100_male.npz outputs/gende
 python where_to_look.py evaluate --model models/bundled/model_malaria_last.pt --data-dir ~/cell_images
 python where_to_look.py compare --model run1/model_gender_last.pt --model run2/model_gender_last.pt --data-dir ~/celeba
 python where_to_look.py features --block 3 --channels 8 --class Parasitized
+python where_to_look.py ood --model models/bundled/model_malaria_last.pt --image face.jpg
 python where_to_look.py download [--weights-url URL]
 
 `python where_to_look.py COMMAND --help` lists that command's own flags.
@@ -25,7 +26,7 @@ from pathlib import Path
 
 # Only the standard library and torch-free modules up here: `--help` and a mistyped flag answer
 # at once, and each command imports what it needs (torch, matplotlib...) when it runs.
-from wtl.cli import compare, demo, download, evaluate, features, gender100, multi, single
+from wtl.cli import compare, demo, download, evaluate, features, gender100, multi, ood, single
 from wtl.cli.common import DEVICE_CHOICES, positive
 from wtl.errors import WtlError
 from wtl.maps.registry import METHODS
@@ -52,6 +53,7 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command(evaluate.add_arguments, evaluate.run, evaluate.SUMMARY, evaluate.EXAMPLE),
     "compare": Command(compare.add_arguments, compare.run, compare.SUMMARY, compare.EXAMPLE),
     "features": Command(features.add_arguments, features.run, features.SUMMARY, features.EXAMPLE),
+    "ood": Command(ood.add_arguments, ood.run, ood.SUMMARY, ood.EXAMPLE),
     "download": Command(download.add_arguments, download.run, download.SUMMARY, download.EXAMPLE),
 }
 

@@ -38,6 +38,6 @@ def run(args: argparse.Namespace) -> list[Path]:
     look = common.look_of(args)
     for chunk in chunks(pictures, args.batch_size):
         files = [p for p, _ in chunk]
-        result = explain(model, files, args.method, "every", class_index, args.fuse, args.batch_size)
+        result = common.judged(explain(model, files, args.method, "every", class_index, args.fuse, args.batch_size))
         draw(result, outputs, look=look)
     return outputs.written

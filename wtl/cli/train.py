@@ -102,6 +102,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also write the test-split manifest here under the original name (default: only beside the checkpoint)",
     )
     model.add_argument("--restart", action="store_true", help="train from scratch, replacing an existing checkpoint")
+    model.add_argument(
+        "--summary",
+        action="store_true",
+        help="print the parameter summary of --network with --blocks/--kernel/--width and exit (no data, no training)",
+    )
 
     optimisation = p.add_argument_group("optimisation")
     optimisation.add_argument("--epochs", type=int, default=10, help="epochs in total, resumes included (default 10)")
@@ -170,8 +175,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _existing_folder(answer: str) -> str | None:
-    return None if Path(answer).expanduser().is_dir() else f"{answer}: no such folder, please try again."
+def _data_folder(dataset: str) -> Callable[[str], str | None]:
+    """The prompt's check: the answer must be a folder in the data set's layout (else the reason, and asked again)."""
+
+    def check(answer: str) -> str | None:
+        from wtl.data.checks import data_set_problem
+
+        if not answer:
+            return "Please type the data set's folder."
+        problem = data_set_problem(dataset, answer)
+        return None if problem is None else f"{problem}; please try again."
+
+    return check
 
 
 def complete_with_prompts(args: argparse.Namespace, read: Callable[[str], str] = input) -> argparse.Namespace:
@@ -190,7 +205,7 @@ def complete_with_prompts(args: argparse.Namespace, read: Callable[[str], str] =
             "gender": "the gender data set (the Dataset/ folder with Train/, Validation/, Test/, or its parent)",
             "folder": "the folder of class sub-folders",
         }[args.dataset]
-        answer = ask(f"Path to {where}:", "--data-dir PATH", check=_existing_folder, read=read)
+        answer = ask(f"Path to {where}:", "--data-dir PATH", check=_data_folder(args.dataset), read=read)
         args.data_dir = Path(answer).expanduser()
     if args.network is None:
         if args.dataset == "malaria":
@@ -242,11 +257,41 @@ def _no_terminal(prompt: str) -> str:
     raise EOFError  # ask() turns this into NoAnswer, which names the flag to pass
 
 
+def write_history(config: TrainConfig, history: list[dict]) -> None:
+    """<name>.history.png beside the checkpoint: loss and accuracy of every epoch, those before a resume included."""
+    from wtl import names
+    from wtl.plot.history import save_history
+
+    epochs = [int(row["epoch"]) for row in history]
+    title = f"{names.checkpoint_name(config.checkpoint)}: epochs {min(epochs)}-{max(epochs)}"
+    path = save_history(history, names.history_file(config.checkpoint), title)
+    print(f"history: {path}")
+
+
+def print_summary(args: argparse.Namespace) -> None:
+    """The parameter summary of the network the flags describe: nothing is read, asked or trained."""
+    from wtl.nets.seed import Architecture, build_network
+    from wtl.nets.summary import format_summary, summary
+
+    classes = 2  # malaria and gender; a folder's own number of classes only changes the classifier's row
+    network = build_network(
+        args.network or "last", classes, architecture=Architecture(args.blocks, args.kernel, args.width)
+    )
+    title = (
+        f"--network {args.network or 'last'}, {args.blocks} blocks, {args.kernel} x {args.kernel} kernels, "
+        f"width {args.width}, {args.image_size} px input, {classes} classes"
+    )
+    print(format_summary(summary(network, args.image_size), title))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: prompts for what flags left open, trains; one line and exit 2 on bad input."""
     from wtl.training.distributed import cleanup, env_rank, launched_by_torchrun, setup
 
     args = parse_args(argv)
+    if args.summary:
+        print_summary(args)
+        return 0
     torchrun, main_rank = launched_by_torchrun(), env_rank() == 0
     try:
         # torchrun's processes cannot share one terminal's answers: there, every answer is a flag.
@@ -260,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             ) from None
         from wtl.training.run import train
 
-        train(config, setup(config.device))
+        report = train(config, setup(config.device))
+        if report is not None and report.get("history"):
+            write_history(config, report["history"])
     except NoAnswer as error:
         if main_rank:
             text = f"torchrun runs several processes, which cannot answer prompts: pass {error.flag}"

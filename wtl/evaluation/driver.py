@@ -21,12 +21,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from wtl.evaluation.galleries import best_view, galleries, rules
+from wtl.evaluation.galleries import best_view, galleries, outcome_galleries, rules
 from wtl.evaluation.inputs import Images, ModelLike, as_input, batches, count
 from wtl.evaluation.result import FAITHFULNESS, EvaluationResult, ImageRecord, ViewScores
 from wtl.maps import methods as map_methods
 from wtl.maps.cam import explain_every_block
 from wtl.maps.registry import DEFAULT_FUSION, FUSIONS, METHODS, class_of_interest
+from wtl.metrics import ood
 from wtl.metrics.classification import Classification
 from wtl.metrics.faithfulness import deletion_insertion, drop_and_increase
 from wtl.metrics.localisation import peak_distances, relevance_mass, relevance_rank
@@ -62,6 +63,7 @@ class EvaluateOptions:
     seed: int = 0
     faithful_images: int | None = None  # deletion/insertion on a seeded sample of this many explained images
     truth: MaskSource | None = None  # masks, boxes or points of one's own instead of the stain mask (malaria)
+    outcome_galleries: tuple[str, ...] = ()  # galleries.OUTCOMES to add: tp, tn, fp, fn
 
 
 class _Reservoir:
@@ -169,6 +171,8 @@ def evaluate(
     areas: list[Tensor] = []
     files: list[str | None] = []
     block_predictions: list[list[Tensor]] = []
+    statistics = ood.statistics_of(getattr(model, "ood", None))
+    ood_scores: list[Tensor] = []
     views = _Views()
     sanity = _Reservoir(options.sanity_images, options.seed)
     sampled = options.faithfulness and options.faithful_images is not None
@@ -196,6 +200,8 @@ def evaluate(
                 else:
                     logits = network(images)
             truths.append(labels.cpu())
+            if statistics is not None:
+                ood_scores.append(ood.score_images(network, statistics, images).score)
             confidence, predicted = logits.softmax(dim=1).max(dim=1)
             predictions.append(predicted.cpu())
             confidences.append(confidence.cpu())
@@ -233,6 +239,9 @@ def evaluate(
             best_distance.tolist(),
         )
     ]
+    if statistics is not None:
+        for record, value in zip(records, torch.cat(ood_scores).tolist()):
+            record.ood_score, record.out_of_distribution = value, value > statistics.threshold
     result = EvaluationResult(
         classification=Classification.from_predictions(truth, predicted, names),
         explained_class=names[target] if target is not None else "true class",
@@ -245,7 +254,10 @@ def evaluate(
             for i, p in enumerate(block_predictions, start=1)
         },
         best_map=best,
-        galleries=galleries(records, names, model.image_size**2, suspects=truth_text is None),
+        galleries={
+            **galleries(records, names, model.image_size**2, suspects=truth_text is None),
+            **outcome_galleries(records, names, options.outcome_galleries),
+        },
         gallery_rules=rules(model.image_size),
         truth=truth_text,
     )

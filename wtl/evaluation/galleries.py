@@ -12,6 +12,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
+from wtl.evaluation.registry import OUTCOMES  # the galleries by outcome of `evaluate --gallery` (positive_class)
 from wtl.evaluation.result import GalleryRules, ImageRecord, ViewScores
 from wtl.maps.registry import class_of_interest
 
@@ -20,11 +21,24 @@ SUSPECT_STAIN_FRACTION = 0.006
 # A map misses when its peak is further than this from the stain (the pointing game's 8 px).
 MAP_MISS_PX = 8.0
 GALLERIES = ("misclassified", "map_misses", "suspect_labels")
-TITLES = {"misclassified": "Misclassified", "map_misses": "Map misses", "suspect_labels": "Suspect labels"}
+TITLES = {
+    "misclassified": "Misclassified",
+    "map_misses": "Map misses",
+    "suspect_labels": "Suspect labels",
+    "tp": "True positives",
+    "tn": "True negatives",
+    "fp": "False positives",
+    "fn": "False negatives",
+}
 ORDER = {
     "misclassified": "the most confident wrong prediction first",
     "map_misses": "the peak furthest from the stain first",
     "suspect_labels": "the most confident prediction first, then the larger stain",
+    # Right calls: the clearest examples first; wrong calls: the worst (most confident) first.
+    "tp": "the most confident first",
+    "tn": "the most confident first",
+    "fp": "the most confident (the worst) first",
+    "fn": "the most confident (the worst) first",
 }
 
 
@@ -93,4 +107,39 @@ def galleries(
     out["misclassified"].sort(key=lambda r: -r.probability)
     out["map_misses"].sort(key=lambda r: -(r.distance or 0.0))
     out["suspect_labels"].sort(key=lambda r: (-r.probability, -r.stain_area))
+    return out
+
+
+def positive_class(class_names: Sequence[str]) -> int:
+    """The class a positive is: Parasitized for cells, else the second of two classes (Male for faces)."""
+    names = list(class_names)
+    target = class_of_interest(names)
+    if target is not None:
+        return target
+    if len(names) != 2:
+        raise ValueError(
+            f"true/false positives need two classes or a Parasitized class, not {len(names)}: {', '.join(names)}"
+        )
+    return 1
+
+
+def outcome_galleries(
+    records: Sequence[ImageRecord], class_names: Sequence[str], wanted: Sequence[str]
+) -> dict[str, list[ImageRecord]]:
+    """The asked galleries of OUTCOMES (tp, tn, fp, fn) against positive_class, each the most confident first."""
+    unknown = [name for name in wanted if name not in OUTCOMES]
+    if unknown:
+        raise ValueError(f"unknown gallery {unknown[0]!r} (expected one of {', '.join(OUTCOMES)})")
+    if not wanted:
+        return {}
+    names = list(class_names)
+    positive = names[positive_class(names)]
+    out: dict[str, list[ImageRecord]] = {name: [] for name in wanted}
+    for record in records:
+        truth, called = record.label == positive, record.prediction == positive
+        outcome = ("t" if truth == called else "f") + ("p" if called else "n")
+        if outcome in out:
+            out[outcome].append(record)
+    for gallery in out.values():
+        gallery.sort(key=lambda r: -r.probability)
     return out

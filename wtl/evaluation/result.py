@@ -100,6 +100,8 @@ class ImageRecord:
     stain_area: int  # px at the model's input size
     distance: float | None = None  # the best map's peak to the ground truth, px (None: not measured)
     reason: str | None = None  # why the label is suspect (suspect-label gallery only)
+    ood_score: float | None = None  # how unlike the training pictures (metrics.ood; None: the model has no statistics)
+    out_of_distribution: bool | None = None  # ood_score above the model's threshold
 
     @property
     def correct(self) -> bool:
@@ -118,6 +120,8 @@ class ImageRecord:
         }
         if self.reason is not None:
             out["reason"] = self.reason
+        if self.ood_score is not None:
+            out.update(ood_score=round(self.ood_score, 4), out_of_distribution=self.out_of_distribution)
         return out
 
 
@@ -157,6 +161,11 @@ class EvaluationResult:
     def truth_name(self) -> str:
         """What the maps are judged against, in a few words: 'the stain' or 'the ground truth'."""
         return "the stain" if self.truth is None else "the ground truth"
+
+    @property
+    def unlike_training(self) -> list[ImageRecord]:
+        """The records of pictures unlike the model's training pictures (empty without statistics)."""
+        return [record for record in self.records if record.out_of_distribution]
 
     def views(self) -> list[tuple[str, str, ViewScores]]:
         """(method, view, scores) in the evaluation's order."""

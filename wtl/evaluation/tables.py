@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from wtl.evaluation.galleries import GALLERIES
+from wtl.evaluation.registry import OUTCOMES
 from wtl.evaluation.result import EvaluationResult
 from wtl.maps.registry import FUSIONS
+from wtl.metrics.proportion import format_share
 from wtl.metrics.sanity import SanityResult
 
 
@@ -59,7 +61,11 @@ def format_table(result: EvaluationResult) -> str:
         lines.append(
             f"galleries: {counts['misclassified']} misclassified, {counts['map_misses']} map misses, "
             f"{counts['suspect_labels']} suspect labels"
+            + "".join(f", {len(result.galleries[n])} {n}" for n in OUTCOMES if n in result.galleries)
         )
+    if any(record.ood_score is not None for record in result.records):
+        unlike = result.unlike_training
+        lines.append(f"unlike the training pictures: {format_share(len(unlike), len(result.records))}")
     if result.sanity is not None:
         lines += ["", format_sanity(result.sanity)]
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from wtl.features.stages import (
     block_stages,
     channel_count,
     check_block,
+    check_channels,
     check_class,
     device_of,
     frozen,
@@ -50,21 +51,34 @@ def gradcam_channel_weights(network: nn.Module, block: int, class_index: int, im
     return total / images.shape[0]
 
 
+def channel_weights(network: nn.Module, block: int, class_index: int, images: Tensor | None = None) -> Tensor:
+    """(K_b,) every channel's weight for the class: through the block's head, else its mean Grad-CAM weight."""
+    check_block(block, len(block_stages(network)))
+    check_class(network, class_index)
+    head = block_head(network, block)
+    if head is not None:
+        return head[0][class_index]
+    if images is None:
+        raise ValueError(f"block {block} of a Network has no head: give images to rank its channels by Grad-CAM")
+    return gradcam_channel_weights(network, block, class_index, images)
+
+
 def class_channels(
     network: nn.Module, block: int, class_index: int, k: int, images: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """(channels (K,) long, weights (K,)): the top-k weights for the class through the block's head, else Grad-CAM's."""
     check_block(block, len(block_stages(network)))
-    check_class(network, class_index)
     count = channel_count(network, block)
     if not 1 <= k <= count:
         raise ValueError(f"{k} channels asked for, block {block} has 1..{count}")
-    head = block_head(network, block)
-    if head is not None:
-        weights = head[0][class_index]
-    elif images is None:
-        raise ValueError(f"block {block} of a Network has no head: give images to rank its channels by Grad-CAM")
-    else:
-        weights = gradcam_channel_weights(network, block, class_index, images)
-    values, channels = weights.topk(k)
+    values, channels = channel_weights(network, block, class_index, images).topk(k)
     return channels.cpu(), values.cpu()
+
+
+def chosen_channels(
+    network: nn.Module, block: int, class_index: int, channels: Tensor, images: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """(channels (K,) long, weights (K,)): exactly the given channels, in the given order, with their weights."""
+    indices = check_channels(network, block, channels)
+    weights = channel_weights(network, block, class_index, images)
+    return indices.cpu(), weights.cpu()[indices.cpu()]

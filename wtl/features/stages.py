@@ -124,6 +124,21 @@ def filters(network: nn.Module) -> Tensor:
     return normalize(conv.weight.detach().float().cpu())
 
 
+def input_mean_filters(network: nn.Module, block: int) -> Tensor:
+    """Block b's kernels averaged over their input channels, (C_b, k, k), each divided by its largest |value|.
+
+    Block 1's kernels see RGB and are drawn in colour (`filters`); a later block's kernel has one
+    k x k slice per channel of the block before it, too many to draw: their mean shows which
+    spatial pattern the kernel weighs on average (signed: +1 the kernel's strongest positive weight).
+    """
+    stages = block_stages(network)
+    check_block(block, len(stages))
+    conv = stages[block - 1][0]
+    assert isinstance(conv, nn.Conv2d)
+    mean = conv.weight.detach().float().cpu().mean(dim=1)
+    return mean / mean.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+
+
 def feature_maps(network: nn.Module, block: int, channels: Tensor, image: Tensor) -> Tensor:
     """(K, h, w): the chosen channels of A_b for one image (3, H, W) or (1, 3, H, W)."""
     indices = check_channels(network, block, channels)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor, nn
 
-from wtl.features.channels import class_channels
+from wtl.features.channels import chosen_channels, class_channels
 from wtl.features.examples import DEFAULT_EXAMPLES, Examples, top_patches
 from wtl.features.maximise import DEFAULT_LR, DEFAULT_STEPS, maximize_channels
 
@@ -55,12 +55,17 @@ def channel_view(
     seed: int = 0,
     size: int = 128,
     lr: float = DEFAULT_LR,
+    channels: Tensor | None = None,
 ) -> ChannelView:
     """class_channels (ranked over rank_images where the block has no head), maximize_channels, top_patches.
 
     example_images may be the same tensor as rank_images, or an iterable of batches for a large folder.
+    With `channels` those channels are shown, in that order (k is then ignored), with their weights.
     """
-    channels, weights = class_channels(network, block, class_index, k, rank_images)
+    if channels is None:
+        channels, weights = class_channels(network, block, class_index, k, rank_images)
+    else:
+        channels, weights = chosen_channels(network, block, class_index, channels, rank_images)
     maximizers, activations = maximize_channels(network, block, channels, steps, seed, size, lr)
     examples = None if example_images is None else top_patches(network, block, channels, example_images, n)
     return ChannelView(block, class_index, channels, weights, maximizers, activations, examples)

@@ -104,6 +104,8 @@ class Result:
         cam: (B, h, w) the last block's raw map.
         heatmap: (B, S, S) the last block's map normalised to [0, 1] at the input size: what `single` draws.
         blocks: the every-block view (blocks="every"): per block maps, mean activations, head logits.
+        ood_score, out_of_distribution: (B,) how unlike the training pictures each picture is, and whether
+            that is above the model's threshold (None where the model has no statistics or none were asked for).
     """
 
     model: LoadedModel
@@ -118,6 +120,11 @@ class Result:
     class_names: list[str] = field(default_factory=list)
     bias: Tensor | None = None  # (B,) exact CAM of the last block: the head's bias of each explained class
     layer: str | None = None  # the Grad-CAM family's target layer, where one was named
+    # Is each picture like the training pictures? Filled by wtl.metrics.ood.assess where the model has statistics.
+    ood_score: Tensor | None = None  # (B,) the deciding score (higher: less like the training data)
+    out_of_distribution: Tensor | None = None  # (B,) bool: ood_score above ood_threshold
+    ood_threshold: float | None = None
+    ood_method: str | None = None  # which score (wtl.metrics.ood.SCORES)
 
     def __len__(self) -> int:
         return len(self.logits)

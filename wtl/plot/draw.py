@@ -58,7 +58,7 @@ def draw(
 
 def _common_numbers(result: Result, i: int) -> dict[str, object]:
     """The npz keys both views share."""
-    return {
+    numbers: dict[str, object] = {
         "logits": as_numpy(result.logits[i]),
         "probabilities": as_numpy(result.probabilities[i]),
         "class_index": int(result.class_index[i]),
@@ -69,6 +69,24 @@ def _common_numbers(result: Result, i: int) -> dict[str, object]:
         if isinstance(result.inputs.sources[i], Path)
         else result.inputs.names[i],
     }
+    if result.out_of_distribution is not None and result.ood_score is not None:
+        numbers.update(
+            out_of_distribution=bool(result.out_of_distribution[i]),
+            ood_score=float(result.ood_score[i]),
+            ood_threshold=float(result.ood_threshold or 0.0),
+            ood_method=str(result.ood_method),
+        )
+    return numbers
+
+
+def ood_note(result: Result, i: int) -> str:
+    """A title line for a picture unlike the training data ('' for one like it, or without statistics)."""
+    if result.out_of_distribution is None or result.ood_score is None or not bool(result.out_of_distribution[i]):
+        return ""
+    return (
+        f"UNLIKE THE TRAINING PICTURES ({result.ood_method} {float(result.ood_score[i]):.3g} > "
+        f"{float(result.ood_threshold or 0.0):.3g}): the prediction says little"
+    )
 
 
 def _single(result: Result, i: int, truth: str | None, outputs: Outputs, look: Look) -> Path:
@@ -87,6 +105,8 @@ def _single(result: Result, i: int, truth: str | None, outputs: Outputs, look: L
         caption += f"  (true class: {truth})"
     if result.model.single_logit:
         caption += "\n" + sigmoid_note(classes)
+    if ood_note(result, i):
+        caption += "\n" + ood_note(result, i)
     heat = as_numpy(result.heatmap[i])
     title = f"{classes[shown]} {probabilities[shown]:.1%}"
     fig = single_figure(result.inputs.picture(i), heat, title, caption, look)
@@ -129,6 +149,8 @@ def _every_block(result: Result, i: int, outputs: Outputs, look: Look) -> Path:
     heading += f"  ({model.path.name}{', ' + loss if loss else ''})"
     if model.single_logit:
         heading += "\n" + sigmoid_note(classes)
+    if ood_note(result, i):
+        heading += "\n" + ood_note(result, i)
     heats = [as_numpy(h[i]) for h in blocks.heatmaps]
     mean_heats = [as_numpy(h[i]) for h in blocks.mean_heatmaps]
     fused = as_numpy(result.fused[i])

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from wtl.plot.style import FEATURE_CMAP
+from wtl.plot.style import DIFFERENCE_CMAP, FEATURE_CMAP
 
 
 def _rgb(image: Any) -> np.ndarray:
@@ -47,6 +47,68 @@ def filters_figure(kernels: Any, title: str = "block 1 filters") -> Figure:
         ax.set_title(f"{index}", fontsize=8)
         _bare(ax)
     fig.suptitle(f"{title} (each kernel scaled to its own min..max)", fontsize=10)
+    return fig
+
+
+def mean_filters_figure(kernels: Any, title: str) -> Figure:
+    """A later block's kernels averaged over their input channels (N, k, k) in [-1, 1], red positive, blue negative."""
+    tiles = np.asarray(kernels, dtype=np.float32)
+    if tiles.ndim != 3:
+        raise ValueError(f"kernels must be (N, k, k), not {tiles.shape}")
+    count = tiles.shape[0]
+    columns = min(16, count)
+    rows = (count + columns - 1) // columns
+    fig = Figure(figsize=(0.8 * columns + 1.2, 0.9 * rows + 0.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    artist = None
+    for index, ax in enumerate(axes):
+        if index >= count:
+            ax.set_axis_off()
+            continue
+        artist = ax.imshow(tiles[index], cmap=DIFFERENCE_CMAP, vmin=-1.0, vmax=1.0, interpolation="nearest")
+        ax.set_title(f"{index}", fontsize=6, pad=1)
+        _bare(ax)
+    if artist is not None:
+        fig.colorbar(artist, ax=list(axes), fraction=0.02, pad=0.01, label="weight / its kernel's largest |weight|")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def all_maps_figure(image: Any, maps: Any, title: str, cmap: str = FEATURE_CMAP) -> Figure:
+    """The picture, then every channel's activation map (C, h, w) of one block on it, one shared colour scale."""
+    picture = _rgb(image)
+    activations = np.asarray(maps, dtype=np.float32)
+    count = activations.shape[0]
+    columns = 16 if count > 64 else 8
+    rows = (count + 1 + columns - 1) // columns
+    fig = Figure(figsize=(0.95 * columns + 1.0, 1.0 * rows + 0.7), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    axes[0].imshow(picture, interpolation="bilinear")
+    axes[0].set_title("picture", fontsize=6, pad=1)
+    _bare(axes[0])
+    top = float(activations.max()) or 1.0
+    artist = None
+    for channel, (ax, activation) in enumerate(zip(axes[1:], activations)):
+        artist = ax.imshow(activation, cmap=cmap, vmin=0.0, vmax=top, interpolation="nearest")
+        ax.set_title(f"{channel}", fontsize=6, pad=1)
+        _bare(ax)
+    for ax in axes[count + 1 :]:
+        ax.set_axis_off()
+    if artist is not None:
+        fig.colorbar(artist, ax=list(axes), fraction=0.02, pad=0.01, label="activation (after ReLU)")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def dream_figure(original: Any, dreamed: Any, title: str, subtitle: str = "") -> Figure:
+    """The picture beside its dream, at the same size."""
+    fig = Figure(figsize=(7.0, 3.9), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for ax, picture, label in ((left, original, "the picture"), (right, dreamed, subtitle or "dreamed")):
+        ax.imshow(_rgb(picture), interpolation="bilinear")
+        ax.set_title(label, fontsize=9)
+        _bare(ax)
+    fig.suptitle(title, fontsize=10)
     return fig
 
 

@@ -21,8 +21,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from wtl.evaluation.driver import MaskSource
-from wtl.evaluation.galleries import ORDER, TITLES
+from wtl.evaluation.galleries import ORDER, TITLES, positive_class
 from wtl.evaluation.inputs import ModelLike
+from wtl.evaluation.registry import OUTCOMES
 from wtl.evaluation.result import EvaluationResult, ImageRecord
 from wtl.maps.registry import FUSIONS
 from wtl.metrics.localisation import POINTING_TOLERANCES
@@ -187,7 +188,23 @@ def _rules(result: EvaluationResult) -> str:
         f"{_e(rules.image_size)} × {_e(rules.image_size)}).</li>"
         "<li>Each tile: the cell, then the cell under its map (jet: red is where the map is highest), the stain "
         "mask outlined in green on both.</li>"
+        f"{_outcome_rule(result)}"
         "</ul>"
+    )
+
+
+def _outcome_rule(result: EvaluationResult) -> str:
+    """What the galleries by outcome (evaluate --gallery) hold, in words; '' without them."""
+    if not any(name in result.galleries for name in OUTCOMES):
+        return ""
+    names = list(result.classification.class_names)
+    positive = names[positive_class(names)]
+    others = ", ".join(n for n in names if n != positive)
+    return (
+        f"<li><b>True / false positives / negatives</b>: positive is {_e(positive)}, negative {_e(others)}; a true "
+        f"positive is a {_e(positive)} picture predicted {_e(positive)}, a false positive one of {_e(others)} "
+        "predicted so. Each sorted by the prediction's confidence, the most confident first (for false ones, the "
+        f"worst first); the maps explain {_e(result.explained_class)}.</li>"
     )
 
 
@@ -329,6 +346,6 @@ def _gallery(
             for c in cells
         ]
         sheet = contact_sheet(pictures, titles, [c.record.correct for c in cells])
-        sheet.suptitle(f"{title}: {len(cells)} of {len(records)}, worst first (picture | its map, {area} outlined)")
+        sheet.suptitle(f"{title}: {len(cells)} of {len(records)}, {ORDER[name]} (picture | its map, {area} outlined)")
         sheet.savefig(folder / f"{name}.png", dpi=SHEET_DPI)
     return "\n".join(parts)

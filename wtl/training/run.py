@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from wtl import names
-from wtl.checkpoints.io import load_checkpoint
+from wtl.checkpoints.io import load_checkpoint, save_checkpoint
 from wtl.data import augment as augmentations
 from wtl.data.cache import DatasetCache
 from wtl.data.datasets import DATASETS
@@ -27,10 +27,12 @@ from wtl.data.manifests import write_test_manifest
 from wtl.data.registry import DEFAULT_PREPROCESS
 from wtl.data.splits import TrainingSplits, training_splits
 from wtl.errors import UsageError
+from wtl.metrics import ood
 from wtl.metrics.classification import Classification
 from wtl.nets import zoo
 from wtl.nets.registry import BLOCK_DROPOUT, DROPOUT, PRETRAINED_IMAGENET, is_zoo
 from wtl.nets.seed import ORIGINAL, Architecture, build_network
+from wtl.nets.summary import format_summary, summary
 from wtl.runtime import pick_device, seed_everything
 from wtl.training.checkpointing import CheckpointTrainer
 from wtl.training.distributed import DistInfo, eval_shard, log_shard, train_sampler
@@ -219,6 +221,36 @@ def _announce(config: TrainConfig, splits: TrainingSplits, dist: DistInfo) -> No
     _say(identity_check(config, splits))
 
 
+def store_ood_statistics(
+    trainer: CheckpointTrainer, train_cache: DatasetCache, val_cache: DatasetCache | None, classes: int
+) -> dict[str, Any]:
+    """Fit the out-of-distribution statistics of the best weights and add them to both checkpoints; their summary.
+
+    The class means and covariance come from the training pictures as they are (no augmentation),
+    the thresholds from the validation pictures (metrics.ood.fit).
+    """
+    best = load_checkpoint(trainer.best_path)
+    trainer.network.load_state_dict(best["net_state_dict"])
+    loader = DataLoader(train_cache, batch_size=256)
+    held = DataLoader(val_cache, batch_size=256) if val_cache is not None else None
+    statistics = ood.fit(trainer.network, loader, held, classes)
+    for path in (trainer.best_path, trainer.chkpt_path):
+        content = best if path == trainer.best_path else load_checkpoint(path)
+        save_checkpoint({**content, "ood": statistics.to_dict()}, path)
+    _say(
+        f"out-of-distribution statistics: fitted on the {statistics.fitted_on}, thresholds at the "
+        f"{statistics.quantile:.0%} quantile of the {statistics.chosen_on} "
+        f"({', '.join(f'{k} {v:.4g}' for k, v in statistics.thresholds.items())}; {statistics.score} decides)"
+    )
+    return {
+        "score": statistics.score,
+        "thresholds": statistics.thresholds,
+        "quantile": statistics.quantile,
+        "fitted_on": statistics.fitted_on,
+        "chosen_on": statistics.chosen_on,
+    }
+
+
 def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] | None:
     """Train (or resume) one model; returns the metrics written (None on ranks but 0).
 
@@ -264,6 +296,7 @@ def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] |
     else:
         loader_train = DataLoader(train_cache, batch_size=config.batch_size, sampler=sampler)
     loader_val = None
+    val_cache = None
     if splits.val.samples:
         val_cache = DatasetCache(splits.val).fill(config.workers, "decoding val", progress=main)
         loader_val = DataLoader(eval_shard(val_cache, dist), batch_size=256)
@@ -275,6 +308,8 @@ def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] |
     network, weights_note = make_network(config, len(class_names), resuming)
     if weights_note and main:
         _say(weights_note)
+    if main:
+        _say(format_summary(summary(network, config.image_size), f"network {config.network}: parameters"))
     metadata = _metadata(config, network, class_names, preprocess)
     trainer = CheckpointTrainer(
         network,
@@ -318,6 +353,8 @@ def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] |
         scores = Classification.from_predictions(*trainer.predict(loader_test), class_names)
         print(scores.format())
         report = {**scores.to_json(), "best_epoch": best.get("epoch")}
+    if history or "ood" not in load_checkpoint(trainer.best_path):
+        report["ood"] = store_ood_statistics(trainer, train_cache, val_cache, len(class_names))
     report.update(checkpoint=str(checkpoint), best_checkpoint=str(trainer.best_path), notes=splits.notes)
     report["settings"] = {**config.settings(), "preprocess": preprocess}
     if dist.enabled:
