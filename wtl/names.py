@@ -45,6 +45,16 @@ def run_name(network: str, loss: str = "last") -> str:
     return RUNS.get((network, loss if network == "every" else "last"), network)
 
 
+# A model trained on permuted labels (model_main.py --shuffle-labels) gets its own name, so that
+# it never replaces the real model of the same recipe.
+SHUFFLED_SUFFIX = "_shuffled_labels"
+
+
+def shuffled_run_name(run: str) -> str:
+    """The run name of the same recipe trained on shuffled labels: last -> last_shuffled_labels."""
+    return run + SHUFFLED_SUFFIX
+
+
 def checkpoint_file(models_dir: Path, data: str, run: str) -> Path:
     """models_dir/model_<data>_<run>.pt, e.g. model_malaria_every_multi_loss.pt."""
     return Path(models_dir) / f"model_{data}_{run}.pt"

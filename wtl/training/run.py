@@ -25,6 +25,7 @@ from wtl.data.datasets import DATASETS
 from wtl.data.groups import find_identity_manifest, identities_by_split, read_identities, shared_identities
 from wtl.data.manifests import write_test_manifest
 from wtl.data.registry import DEFAULT_PREPROCESS
+from wtl.data.shuffling import chance_agreement, label_agreement, shuffle_labels
 from wtl.data.splits import TrainingSplits, training_splits
 from wtl.metrics.classification import Classification
 from wtl.nets.registry import BLOCK_DROPOUT, DROPOUT
@@ -66,6 +67,7 @@ class TrainConfig:
     ema: float | None = None
     label_smoothing: float = 0.0
     seed: int = 0
+    shuffle_labels: bool = False  # Adebayo's data randomisation: the training labels permuted (seeded)
     device: str = "auto"
     amp: bool = False
     channels_last: bool = False
@@ -78,8 +80,9 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        """last, every_single_loss or every_multi_loss."""
-        return names.run_name(self.network, self.loss)
+        """last, every_single_loss or every_multi_loss (with _shuffled_labels for --shuffle-labels)."""
+        run = names.run_name(self.network, self.loss)
+        return names.shuffled_run_name(run) if self.shuffle_labels else run
 
     @property
     def checkpoint(self) -> Path:
@@ -184,8 +187,23 @@ def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] |
     )
     class_names = splits.train.class_names
     checkpoint = config.checkpoint
+    shuffled = None
+    if config.shuffle_labels:
+        true_samples = splits.train.samples
+        splits.train.samples = shuffle_labels(true_samples, config.seed)
+        shuffled = {
+            "seed": config.seed,
+            "agreement": label_agreement(true_samples, splits.train.samples),
+            "chance": chance_agreement(true_samples),
+        }
     if main:
         _announce(config, splits, dist)
+        if shuffled is not None:
+            _say(
+                f"shuffled labels: the {len(splits.train)} training labels are permuted (seed {config.seed}); "
+                f"{shuffled['agreement']:.1%} keep their true label (chance {shuffled['chance']:.1%}); "
+                "the last epoch's weights count as best (validation, on true labels, can only be at chance)"
+            )
     amp_dtype = pick_amp_dtype(device) if config.amp else None
     if config.amp and main:
         if amp_dtype is None:
@@ -225,6 +243,8 @@ def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] |
         "seed": config.seed,
         "schedule": config.schedule,
         "ema": config.ema,
+        # Recorded so that every command can mark a model that learned random labels.
+        "shuffled_labels": shuffled,
     }
     trainer = CheckpointTrainer(
         network,
@@ -245,6 +265,7 @@ def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] |
         amp_dtype=amp_dtype,
         channels_last=config.channels_last,
         compile_model=compile_model,
+        select_best=shuffled is None,
     )
     try:
         history = trainer.train(loader_train, loader_val)
