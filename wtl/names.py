@@ -2,7 +2,8 @@
 
 Checkpoints keep the original project's names, `model_<data>_<run>.pt`; beside each the trainer
 writes `<name>.best.pt` (best-validation weights), `<name>.test_files.json` (its test split),
-`<name>.metrics.json` and `<name>.history.png`. The commands name their pictures after the input
+`<name>.metrics.json`, `<name>.history.png` and, beside the best weights, `<file>.scale.json`
+(the model's shared colour scale). The commands name their pictures after the input
 and the method, so that two inputs or two methods never overwrite each other.
 """
 
@@ -82,6 +83,16 @@ def manifest_file(checkpoint: Path) -> Path:
 def metrics_file(checkpoint: Path) -> Path:
     """<name>.metrics.json: the test split's scores and the training history."""
     return _beside(checkpoint, ".metrics.json")
+
+
+def scale_file(checkpoint: Path) -> Path:
+    """<file>.scale.json: the model's shared colour scale, beside the very weights it was measured with.
+
+    Keyed by the file, not the model name: `x.pt` (the last epoch) and `x.best.pt` (the best
+    weights) are different weights, so `x.best.pt` has `x.best.scale.json`.
+    """
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name.removesuffix(".pt") + ".scale.json")
 
 
 def history_file(checkpoint: Path) -> Path:

@@ -12,6 +12,7 @@ from torch import nn
 from wtl import names
 from wtl.checkpoints.finding import bundled_checkpoint
 from wtl.checkpoints.io import load_checkpoint
+from wtl.checkpoints.scales import ModelScale, read_scale
 from wtl.errors import CheckpointError
 from wtl.nets.seed import architecture_of, build_network, network_kind, num_classes_of
 
@@ -34,11 +35,25 @@ class LoadedModel:
     checkpoint: dict[str, Any]
     # How a picture becomes the network's square input; models from before this key were squashed.
     preprocess: str = "squash"
+    # The shared colour scale measured for these weights (names.scale_file beside the checkpoint), if any.
+    scale: ModelScale | None = None
 
     @property
     def name(self) -> str:
         """The model's name: its checkpoint file's, without .pt and .best."""
         return names.checkpoint_name(self.path)
+
+    @property
+    def shuffled_labels(self) -> bool:
+        """True for a model trained on permuted labels (model_main.py --shuffle-labels): a control, not a model."""
+        return bool(self.checkpoint.get("shuffled_labels"))
+
+    @property
+    def marker(self) -> str:
+        """What every command adds to the model's name: a warning for a model trained on random labels."""
+        if not self.shuffled_labels:
+            return ""
+        return " [trained on shuffled labels: a data-randomisation control, its predictions mean nothing]"
 
 
 def resolve_source(source: str | Path) -> Path:
@@ -97,4 +112,5 @@ def load_model(source: str | Path, device: torch.device | str = "cpu") -> Loaded
         path=path,
         checkpoint=checkpoint,
         preprocess=str(checkpoint.get("preprocess", "squash")),
+        scale=read_scale(path),
     )

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     device = pick_device(args.device)
     models = [load_model(path, device) for path in args.model]
     for model in models:
-        print(f"model: {shown_path(model.path)}")
+        print(f"model: {shown_path(model.path)}{model.marker}")
     if any(m.class_names != models[0].class_names for m in models):
         raise UsageError("compare needs models of the same classes")
     if any(m.preprocess != models[0].preprocess for m in models):

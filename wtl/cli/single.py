@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.model_flags(p, dataset=True)
     common.map_flags(p)
     common.output_flags(p)
+    common.scale_flag(p)
 
 
 def run(args: argparse.Namespace) -> list[Path]:
@@ -33,7 +34,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     pictures = common.pictures_of(args, model)
     outputs = Outputs(args.out, args.save_npz)
     look = common.look_of(args)
+    scale = common.scale_for(args.scale, model, args.method)
     for chunk in chunks(pictures, args.batch_size):
         result = explain(model, [p for p, _ in chunk], args.method, "last", class_index, batch_size=args.batch_size)
-        draw(result, outputs, [t for _, t in chunk], look=look)
+        draw(result, outputs, [t for _, t in chunk], look=look, scale=scale)
     return outputs.written

@@ -27,7 +27,10 @@ from wtl.data.manifests import write_test_manifest
 from wtl.data.registry import DEFAULT_PREPROCESS
 from wtl.data.shuffling import chance_agreement, label_agreement, shuffle_labels
 from wtl.data.splits import TrainingSplits, training_splits
+from wtl.checkpoints.scales import write_scale
+from wtl.maps.scale import model_scale
 from wtl.metrics.classification import Classification
+from wtl.nets.modes import eval_mode
 from wtl.nets.registry import BLOCK_DROPOUT, DROPOUT
 from wtl.nets.seed import ORIGINAL, Architecture, build_network
 from wtl.runtime import pick_device, seed_everything
@@ -167,6 +170,25 @@ def _announce(config: TrainConfig, splits: TrainingSplits, dist: DistInfo) -> No
     _say(identity_check(config, splits))
 
 
+def _write_scale(
+    network: torch.nn.Module, splits: TrainingSplits, config: TrainConfig, device: torch.device, best: Path
+) -> Path:
+    """Measure the model's shared colour scale (maps.scale) on its test split and write it beside the best weights.
+
+    Without test images the validation split stands in, and without those the training split;
+    the sidecar says which.
+    """
+    split, name = next(
+        ((s, n) for s, n in ((splits.test, "test"), (splits.val, "validation")) if s.samples), (splits.train, "train")
+    )
+    cache = DatasetCache(split).fill(config.workers, f"decoding {name} for the colour scale")
+    loader = DataLoader(cache, batch_size=64)
+    with eval_mode(network):
+        batches = (images.to(device).float().div_(255.0) for images, _ in loader)
+        scale = model_scale(network, batches, f"{name} split of {config.data_dir} ({len(split)} images)")
+    return write_scale(scale, best)
+
+
 def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] | None:
     """Train (or resume) one model; returns the metrics written (None on ranks but 0).
 
@@ -280,14 +302,17 @@ def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] |
         return None  # rank 0 alone judges the test split and writes the metrics
 
     report: dict[str, Any] = {"test": None}
+    # The test split is judged with the best-validation weights, as they are the ones to use.
+    best = load_checkpoint(trainer.best_path)
+    trainer.network.load_state_dict(best["net_state_dict"])
     if splits.test.samples:
-        # The test split is judged with the best-validation weights, as they are the ones to use.
-        best = load_checkpoint(trainer.best_path)
-        trainer.network.load_state_dict(best["net_state_dict"])
         loader_test = DataLoader(DatasetCache(splits.test).fill(config.workers, "decoding test"), batch_size=256)
         scores = Classification.from_predictions(*trainer.predict(loader_test), class_names)
         print(scores.format())
         report = {**scores.to_json(), "best_epoch": best.get("epoch")}
+    if history or not names.scale_file(trainer.best_path).exists():
+        scale_path = _write_scale(trainer.network, splits, config, device, trainer.best_path)
+        print(f"shared colour scale: {scale_path}")
     report.update(checkpoint=str(checkpoint), best_checkpoint=str(trainer.best_path), notes=splits.notes)
     report["settings"] = {**config.settings(), "preprocess": preprocess}
     if dist.enabled:
