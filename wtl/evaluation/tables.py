@@ -1,11 +1,30 @@
-"""An evaluation as readable text: accuracy per head, one row per method and view, galleries, sanity check."""
+"""An evaluation as readable text: accuracy per head, one row per method and view, galleries, sanity check.
+
+Every figure is followed by its 95 % bootstrap interval (resampling the result's units: patients,
+people or images); in the maps table a `*` marks, per column, the best view and every view whose
+paired difference from it has an interval containing 0.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from wtl.evaluation.galleries import GALLERIES
 from wtl.evaluation.result import EvaluationResult
 from wtl.maps.registry import FUSIONS
+from wtl.metrics.bootstrap import Interval
 from wtl.metrics.sanity import SanityResult
+
+COLUMNS = (
+    ("point@15", "pointing_15px", True),
+    ("point@8", "pointing_8px", True),
+    ("point@4", "pointing_4px", True),
+    ("inside", "pointing_0px", True),
+    ("deletion", "deletion_auc", False),
+    ("insertion", "insertion_auc", False),
+    ("avg drop", "average_drop", "drop"),
+    ("increase", "increase_in_confidence", "drop"),
+)
 
 
 def _number(value: float | None, percent: bool = False) -> str:
@@ -15,36 +34,55 @@ def _number(value: float | None, percent: bool = False) -> str:
     return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
 
 
+def interval_text(bounds: Interval | Sequence[float] | None, percent: bool = False) -> str:
+    """'[low, high]' as the tables print it ('' without an interval): percent points with 1 decimal, else 3."""
+    if bounds is None:
+        return ""
+    low, high = bounds
+    return f"[{100 * low:.1f}, {100 * high:.1f}]" if percent else f"[{low:.3f}, {high:.3f}]"
+
+
+def with_interval(value: float | None, bounds: Interval | None, percent: bool = False) -> str:
+    """A figure and its interval: '94.3% [92.1, 96.0]'."""
+    text = interval_text(bounds, percent)
+    return _number(value, percent) + (f" {text}" if text else "")
+
+
 def format_table(result: EvaluationResult) -> str:
-    """The evaluation as text, with the sanity check's table when it ran."""
+    """The evaluation as text, with the sanity check's table when it ran; intervals under each row."""
     report = result.classification
-    lines = [f"accuracy {100 * report.accuracy:.2f}% on {report.images} images"]
-    averages = [("macro avg", report.macro), ("weighted avg", report.weighted)]
-    for name, m in [*report.per_class.items(), *averages]:
-        lines.append(f"  {name:<14} precision {m.precision:.3f}  recall {m.recall:.3f}  f1 {m.f1:.3f}  n={m.support}")
+    intervals = result.classification_intervals()
+    described = result.resampler.describe()
+    lines = [
+        f"accuracy {100 * report.accuracy:.2f}% {interval_text(intervals.get('accuracy'), True)} on {report.images} "
+        "images "
+        f"(95 % intervals: bootstrap over {described['units']} {described['unit']}s, "
+        f"{described['replicates']} replicates)"
+    ]
+    averages = [("macro avg", report.macro, "macro"), ("weighted avg", report.weighted, "weighted")]
+    for name, m, key in [*((n, s, n) for n, s in report.per_class.items()), *averages]:
+        cells = "  ".join(
+            f"{figure} {with_interval(getattr(m, figure), intervals.get(f'{figure}/{key}'))}"
+            for figure in ("precision", "recall", "f1")
+        )
+        lines.append(f"  {name:<14} {cells}  n={m.support}")
     lines.append("  confusion (rows true): " + "  ".join(str(row) for row in report.confusion))
     percent = "  ".join("[" + ", ".join(f"{v:.1f}%" for v in row) + "]" for row in report.confusion_percent)
     lines.append(f"  confusion, % of each true class: {percent}")
+    blocks = result.block_intervals()
     for block, block_report in result.blocks.items():
-        lines.append(f"  {block} head accuracy {100 * block_report.accuracy:.2f}%")
+        bounds = interval_text(blocks.get(block), True)
+        lines.append(f"  {block} head accuracy {100 * block_report.accuracy:.2f}% {bounds}")
     lines += ["", f"heatmaps explaining {result.explained_class}:"]
-    header = f"{'method':<10}{'view':<8}{'point@15':>9}{'point@8':>9}{'point@4':>9}{'inside':>8}{'counted':>8}"
-    header += f"{'deletion':>9}{'insertion':>10}{'avg drop':>10}{'increase':>10}"
-    lines += [header, "-" * len(header)]
-    for method, view, s in result.views():
-        drop, increase = s.mean("average_drop"), s.mean("increase_in_confidence")
-        lines.append(
-            f"{method:<10}{view:<8}{_number(s.pointing(15), True):>9}{_number(s.pointing(8), True):>9}"
-            f"{_number(s.pointing(4), True):>9}{_number(s.pointing(0), True):>8}{s.counted:>8}"
-            f"{_number(s.mean('deletion_auc')):>9}{_number(s.mean('insertion_auc')):>10}"
-            f"{_number(drop and drop / 100, True):>10}{_number(increase and increase / 100, True):>10}"
-        )
-    lines.append("(deletion: lower is better; insertion: higher; average drop: lower; increase: higher)")
+    lines += _maps_rows(result)
     scored = {s.faithful_images for _, _, s in result.views()}
     explained = {s.images for _, _, s in result.views()}
     if len(scored) == 1 and len(explained) == 1 and 0 < next(iter(scored)) < next(iter(explained)):
-        lines.append(f"(deletion to increase: on a seeded sample of {next(iter(scored))} of those images)")
-    if any(view == "fused" for _, view, _ in result.views()) and result.fusion_rule in FUSIONS:
+        lines.append(
+            f"(deletion to increase: on a seeded sample of {next(iter(scored))} of those images; "
+            "their intervals are wider accordingly)"
+        )
+    if any(view.startswith("fused") for _, view, _ in result.views()) and result.fusion_rule in FUSIONS:
         lines.append(f"fused: {result.fusion_rule}, {FUSIONS[result.fusion_rule]}")
     if result.best_map:
         lines.append(f"best map (pointing game at 8 px): {result.best_map[0]} {result.best_map[1]}")
@@ -55,19 +93,51 @@ def format_table(result: EvaluationResult) -> str:
             f"{counts['suspect_labels']} suspect labels"
         )
     if result.sanity is not None:
-        lines += ["", format_sanity(result.sanity)]
+        lines += ["", format_sanity(result.sanity, result.sanity_intervals())]
     return "\n".join(lines)
 
 
-def format_sanity(sanity: SanityResult) -> str:
-    """The randomisation test as text: per method the mean Spearman rho after each cumulative stage."""
+def _maps_rows(result: EvaluationResult) -> list[str]:
+    """The maps table: a row of figures and a row of intervals per method and view, `*` on the best per column."""
+    width = 19
+    header = f"{'method':<10}{'view':<18}" + "".join(f"{title:>{width}}" for title, _, _ in COLUMNS) + f"{'n':>7}"
+    lines = [header, "-" * len(header)]
+    differences = result.differences()
+    for method, view, s in result.views():
+        figures, bounds = [], []
+        for _, figure, kind in COLUMNS:
+            percent = kind is True or kind == "drop"
+            value = s.pointing(float(figure[9:-2])) if figure.startswith("pointing_") else s.mean(figure)
+            if kind == "drop" and value is not None:
+                value /= 100
+            ci = result.ci(method, view, figure)
+            if kind == "drop" and ci is not None:
+                ci = (ci[0] / 100, ci[1] / 100)
+            tied = f"{method} {view}" in differences.get(figure, {}).get("tied_with_best", [])
+            figures.append(_number(value, percent) + ("*" if tied else ""))
+            bounds.append(interval_text(ci, percent))
+        lines.append(f"{method:<10}{view:<18}" + "".join(f"{c:>{width}}" for c in figures) + f"{s.counted:>7}")
+        lines.append(f"{'':<28}" + "".join(f"{c:>{width}}" for c in bounds))
+    lines.append(
+        "(deletion: lower is better; insertion: higher; average drop: lower; increase: higher; "
+        "* the best, and every view whose paired difference from it has a 95 % interval containing 0)"
+    )
+    return lines
+
+
+def format_sanity(sanity: SanityResult, intervals: dict[str, dict[str, Interval | None]] | None = None) -> str:
+    """The randomisation test as text: per method the mean Spearman rho after each cumulative stage, intervals below."""
     stages = list(sanity.stages)
+    width = 16
     lines = [
         f"sanity check: rank correlation of each method's maps with the trained model's, after re-initialising "
         f"from the top down ({sanity.images} images; near 1 = the map ignores the weights)",
-        f"{'method':<12}" + "".join(f"{'+' + s if i else s:>10}" for i, s in enumerate(stages)),
+        f"{'method':<12}" + "".join(f"{'+' + s if i else s:>{width}}" for i, s in enumerate(stages)),
     ]
     for method in sanity.rhos:
-        cells = "".join(f"{_number(sanity.mean(method, stage)):>10}" for stage in stages)
+        cells = "".join(f"{_number(sanity.mean(method, stage)):>{width}}" for stage in stages)
         lines.append(f"{method:<12}{cells}")
+        if intervals and method in intervals:
+            below = "".join(f"{interval_text(intervals[method].get(stage)):>{width}}" for stage in stages)
+            lines.append(f"{'':<12}{below}")
     return "\n".join(lines)
