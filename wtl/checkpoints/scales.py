@@ -68,7 +68,9 @@ def read_scale(checkpoint: Path) -> ModelScale | None:
     try:
         return ModelScale.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{path}: not a scale file ({error}); delete it and run 'where_to_look.py scale'") from None
+        raise CheckpointError(
+            f"{path}: not a scale file ({error}); delete it and run 'where_to_look.py scale'"
+        ) from None
 
 
 def write_scale(scale: ModelScale, checkpoint: Path) -> Path:

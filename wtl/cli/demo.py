@@ -64,5 +64,10 @@ def run(args: argparse.Namespace) -> list[Path]:
     else:
         for view in ("multi-last", "multi-every"):
             every = common.open_model(None, view, args.models_dir, device, bundled_only=True)
-            draw(explain(every, few, "cam", "every"), outputs, look=look, scale=common.scale_for(args.scale, every, "cam"))
+            draw(
+                explain(every, few, "cam", "every"),
+                outputs,
+                look=look,
+                scale=common.scale_for(args.scale, every, "cam"),
+            )
     return outputs.written

@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> list[Path]:
     """Measure the scale on the test split (written beside a checkpoint that lacks it), then the brightness study."""
+    from torch.utils.data import DataLoader
+
     from wtl import names
     from wtl.checkpoints.finding import is_bundled
     from wtl.checkpoints.scales import write_scale
@@ -37,7 +39,6 @@ def run(args: argparse.Namespace) -> list[Path]:
     from wtl.nets.modes import eval_mode
     from wtl.plot.outputs import Outputs
     from wtl.runtime import pick_device
-    from torch.utils.data import DataLoader
 
     device = pick_device(args.device)
     model = common.open_model(args.model, "malaria", args.models_dir, device)
@@ -45,27 +46,23 @@ def run(args: argparse.Namespace) -> list[Path]:
     sidecar = names.scale_file(model.path)
     written: list[Path] = []
     scale = model.scale
-    if scale is None or args.force or args.split != "test":
+    if scale is None or args.force:
         cache = DatasetCache(dataset).fill(0, "decoding")
         loader = DataLoader(cache, batch_size=args.batch_size)
         with eval_mode(model.network):
             batches = (images.to(device).float().div_(255.0) for images, _ in loader)
-            measured = model_scale(
+            scale = model_scale(
                 model.network, batches, f"{args.split} split of {args.data_dir.name} ({len(dataset)} images)"
             )
-        if args.split != "test" and scale is not None:
-            print(f"scale on the {args.split} split: {measured.of('cam', 'last'):.3g} (the model's, on its test split,"
-                  f" stays {scale.of('cam', 'last'):.3g}: {sidecar.name})")
-        elif args.split != "test":
-            print(f"note: a model's scale is measured on its test split; {args.split} is studied, nothing written")
-            scale = measured
+        if args.split != "test":
+            print(f"note: a model's scale is measured on its test split; measured on {args.split}, nothing written")
         elif is_bundled(model.path):
             print(f"note: bundled checkpoints ship their scale file; {sidecar.name} is not written")
-            scale = measured
         else:
-            written.append(write_scale(measured, model.path))
+            written.append(write_scale(scale, model.path))
             print(f"shared colour scale: {written[-1]}")
-            scale = measured
+    else:
+        print(f"shared colour scale of the model: {sidecar.name} ({scale.source}; --force measures it again)")
     value = scale.of("cam", "last") if scale is not None else None
     if value is None:
         from wtl.errors import CheckpointError

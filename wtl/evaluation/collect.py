@@ -38,7 +38,7 @@ class Reservoir:
 
 
 class Views:
-    """Per (method, view) the per-image numbers of a stream of batches, at the images' indices; ViewScores at the end."""
+    """Per (method, view) the per-image numbers of a stream of batches, at the images' indices -> ViewScores."""
 
     def __init__(self) -> None:
         self.explained: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}

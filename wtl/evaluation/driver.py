@@ -104,8 +104,22 @@ def _plan(dataset: Images, options: EvaluateOptions, target: int | None) -> _Pla
     order = [int(i) for i in generator.permutation(total)]
     explained = [i for i, label in enumerate(labels) if target is None or label == target]
     size = min(len(explained), wanted if wanted is not None else COSTLY_SAMPLE)
-    chosen = generator.choice(len(explained), size, replace=False) if explained else []
+    chosen = generator.choice(len(explained), size, replace=False).tolist() if explained else []
     return _Plan(order, {explained[int(i)] for i in chosen}, size if size < len(explained) else None)
+
+
+def sample_note(model: ModelLike, dataset: Images, options: EvaluateOptions) -> str | None:
+    """One line saying on how many of the explained images the costly figures will run (None: all, or unknown)."""
+    target = class_of_interest(list(model.class_names))
+    plan = _plan(dataset, options, target)
+    labels = known_labels(dataset, options.max_images)
+    if plan.costly is None or plan.size is None or labels is None:
+        return None
+    explained = sum(1 for label in labels if target is None or label == target)
+    return (
+        f"deletion/insertion, the intervention and the data randomisation on a seeded sample of {plan.size} of the "
+        f"{explained} explained images (--faithful-images N for more); the pointing game on all of them"
+    )
 
 
 def _stream(dataset: Images, options: EvaluateOptions, plan: _Plan) -> Iterable[tuple[Tensor, Tensor, list, list]]:
@@ -217,7 +231,7 @@ def evaluate(
                     sanity.offer(images[chosen], classes[chosen], at[where])
                 if plan.costly is None and plan.size is not None:
                     reservoir.offer(images[chosen], classes[chosen], at[where])
-            if costly.intervention is not None and masks is not None:
+            if costly.intervention is not None and masks is not None and target is not None:
                 _suspects(model, images, classes, labels, predicted, confidence, masks, at, costly, target)
             seen += len(labels)
             bar.update(len(labels))
@@ -239,9 +253,7 @@ def evaluate(
     ]
     unit, units = units_of(dataset, ordered_files)
     result = EvaluationResult(
-        classification=Classification.from_predictions(
-            torch.from_numpy(truth), torch.from_numpy(predicted_all), names
-        ),
+        classification=Classification.from_predictions(torch.from_numpy(truth), torch.from_numpy(predicted_all), names),
         explained_class=names[target] if target is not None else "true class",
         methods=scores,
         fusion_rule=options.fuse,
@@ -289,9 +301,7 @@ def _plain(distance: float) -> float | None:
     return None if math.isnan(distance) else float(distance)
 
 
-def _randomisation(
-    model: ModelLike, options: EvaluateOptions, methods: Sequence[str]
-) -> RandomisationBatches | None:
+def _randomisation(model: ModelLike, options: EvaluateOptions, methods: Sequence[str]) -> RandomisationBatches | None:
     """The data-randomisation collector, comparing the methods the sanity check compares (last-block maps)."""
     twin = options.sanity_model
     if twin is None:
@@ -355,8 +365,9 @@ def _judge(
         chosen = rows.to(images.device)
         sample_masks = masks[where][rows] if masks is not None else None
         sample_heats = {m: {v: h[chosen] for v, h in heats.items()} for m, heats in every.items()}
-        _costly_figures(model, images[chosen], classes[chosen], indices[rows.numpy()], sample_masks, sample_heats,
-                        views, costly)
+        _costly_figures(
+            model, images[chosen], classes[chosen], indices[rows.numpy()], sample_masks, sample_heats, views, costly
+        )
 
 
 def _main_view(heats: Mapping[str, Tensor]) -> str:
@@ -381,7 +392,9 @@ def _costly_figures(
                 deletion, insertion = deletion_insertion(model.network, images, heat, classes, costly.steps)
                 drop, increased = drop_and_increase(model.network, images, heat, classes)
                 values = dict(zip(FAITHFULNESS, (deletion, insertion, drop, increased.double() * 100)))
-                views.add_faithfulness((method, view), indices, {k: v.double().cpu().numpy() for k, v in values.items()})
+                views.add_faithfulness(
+                    (method, view), indices, {k: v.double().cpu().numpy() for k, v in values.items()}
+                )
     if costly.intervention is not None and masks is not None:
         stained = masks.flatten(1).any(1)
         if bool(stained.any()):
@@ -396,7 +409,7 @@ def _costly_figures(
                 tops,
             )
     if costly.randomisation is not None:
-        costly.randomisation.add(model, images, classes, indices)
+        costly.randomisation.add(model, images, classes, indices.tolist())
 
 
 def _suspects(
@@ -416,15 +429,18 @@ def _suspects(
     pixels = masks.shape[-1] * masks.shape[-2]
     areas = masks.flatten(1).sum(1)
     suspect = [
-        int(label) != target
-        and suspect_label(int(label), int(guess), float(p), int(area), pixels, target) is not None
+        int(label) != target and suspect_label(int(label), int(guess), float(p), int(area), pixels, target) is not None
         for label, guess, p, area in zip(labels.tolist(), predicted.tolist(), confidence.tolist(), areas.tolist())
     ]
     rows = torch.tensor(suspect, dtype=torch.bool)
     if bool(rows.any()):
         chosen = rows.to(images.device)
         costly.intervention.add(
-            model.network, images[chosen], masks[rows], classes[chosen], indices[rows.numpy()],
+            model.network,
+            images[chosen],
+            masks[rows],
+            classes[chosen],
+            indices[rows.numpy()],
             np.zeros(int(rows.sum()), dtype=bool),
         )
 

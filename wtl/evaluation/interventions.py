@@ -169,4 +169,3 @@ class InterventionBatches:
                 elif kind == "flipped":
                     scores.flipped[name][indices] = value
         return scores
-

@@ -244,6 +244,24 @@ class EvaluationResult:
                 out[method][stage] = interval(self.resampler.mean(values))
         return out
 
+    def intervention_galleries(self, limit: int = 60) -> dict[str, list[tuple[int, ImageRecord]]]:
+        """(index, record) of the report's two intervention galleries, the largest drop first.
+
+        'largest_flips': sampled images whose prediction flips when their ground truth is removed;
+        'suspect_label_flips': suspect-label cells (galleries) whose prediction flips so.
+        """
+        scores = self.intervention
+        if scores is None:
+            return {}
+        drop = np.nan_to_num(scores.drop("truth"), nan=-np.inf)
+        flipped = np.nan_to_num(scores.flipped["truth"]) > 0
+        order = [int(i) for i in np.argsort(-drop, kind="stable") if flipped[i]]
+        suspects = {r.file for r in self.galleries.get("suspect_labels", []) if r.file}
+        return {
+            "largest_flips": [(i, self.records[i]) for i in order if scores.sampled[i]][:limit],
+            "suspect_label_flips": [(i, self.records[i]) for i in order if self.records[i].file in suspects][:limit],
+        }
+
     def differences(self) -> dict[str, Any]:
         """Per figure: the best view, and each other view's paired difference from it with its 95 % interval.
 
@@ -254,8 +272,10 @@ class EvaluationResult:
         out: dict[str, Any] = {}
         for figure, higher in HIGHER_IS_BETTER.items():
             scored = [(name, s, s.replicates(self.resampler, figure)) for name, s in views]
-            values = [(name, s.pointing(_tolerance(figure)) if figure.startswith("pointing_") else s.mean(figure))
-                      for name, s, _ in scored]
+            values = [
+                (name, s.pointing(_tolerance(figure)) if figure.startswith("pointing_") else s.mean(figure))
+                for name, s, _ in scored
+            ]
             present = [(name, value) for name, value in values if value is not None]
             if len(present) < 2:
                 continue
@@ -296,6 +316,19 @@ class EvaluationResult:
             out["gallery_rules"] = self.gallery_rules.to_json()
         if self.intervention is not None:
             out["intervention"] = self.intervention.to_json(resampler)
+            scores = self.intervention
+            out["intervention_galleries"] = {
+                name: [
+                    {
+                        **record.to_json(),
+                        "before": float(scores.before[i]),
+                        "after": float(scores.after["truth"][i]),
+                        "after_control": float(scores.after["control"][i]),
+                    }
+                    for i, record in rows
+                ]
+                for name, rows in self.intervention_galleries().items()
+            }
         if self.data_randomisation is not None:
             out["data_randomisation"] = self.data_randomisation.to_json(resampler)
         if self.sanity is not None:

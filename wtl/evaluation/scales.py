@@ -89,21 +89,23 @@ class ScaleStudy:
                 ratio = resampler.ratio(self.values[key] * healthy, healthy) / resampler.ratio(
                     self.values[key] * infected, infected
                 )
-                first = _plain_mean(self.values[key], label == 0) / _plain_mean(self.values[key], label == 1)
+                healthy_mean = _plain_mean(self.values[key], label == 0)
+                infected_mean = _plain_mean(self.values[key], label == 1)
+                first = healthy_mean / infected_mean if healthy_mean is not None and infected_mean else None
                 out[f"{key}_ratio"], out[f"{key}_ratio_ci95"] = first, interval(ratio)
         measured = ~np.isnan(self.values["distance_image"]) & ~np.isnan(self.values["distance_model"])
         out["pointing_counted"] = int(measured.sum())
         for tolerance in (0.0, 8.0):
-            replicates = {}
+            paired: dict[str, np.ndarray] = {}
             for scale in ("image", "model"):
                 distance = np.nan_to_num(self.values[f"distance_{scale}"])
                 hits = np.where(measured, within(torch.from_numpy(distance), tolerance).numpy(), 0.0)
                 key = f"pointing_{tolerance:g}px_{scale}"
                 out[key] = _plain_mean(hits, measured)
-                replicates[scale] = resampler.ratio(hits * measured, measured.astype(float))
-                out[f"{key}_ci95"] = interval(replicates[scale])
+                paired[scale] = resampler.ratio(hits * measured, measured.astype(float))
+                out[f"{key}_ci95"] = interval(paired[scale])
             # Paired: the same cells resampled for both scales.
-            out[f"pointing_{tolerance:g}px_difference_ci95"] = interval(replicates["model"] - replicates["image"])
+            out[f"pointing_{tolerance:g}px_difference_ci95"] = interval(paired["model"] - paired["image"])
         return out
 
 
@@ -155,6 +157,7 @@ def picture_numbers(
 def _last_block(network: torch.nn.Module, images: torch.Tensor, classes: torch.Tensor | None) -> Any:
     if isinstance(network, NetworkMultiLoss):
         every = explain_every_block(network, images, classes)
+        assert every.evidences is not None and every.evidence_biases is not None
         return every.logits, every.class_index, every.cams[-1], every.evidences[-1], every.evidence_biases[-1]
     last = explain_last_block(network, images, classes)
     return last.logits, last.class_index, last.cam, last.evidence, last.evidence_bias
@@ -233,7 +236,8 @@ def format_study(summary: dict[str, Any], class_names: list[str]) -> str:
         lines.append(
             f"{name:<14}{row['images']:>6}  "
             + "".join(
-                f"{cell(row[k], row[k + '_ci95']):>24}" for k in ("image_peak", "image_mean", "model_peak", "model_mean")
+                f"{cell(row[k], row[k + '_ci95']):>24}"
+                for k in ("image_peak", "image_mean", "model_peak", "model_mean")
             )
         )
     if "model_peak_ratio" in summary:
@@ -253,7 +257,10 @@ def format_study(summary: dict[str, Any], class_names: list[str]) -> str:
         keys = ("evidence_peak", "log_odds", "bias", "top10_share", "cell_excess")
         lines.append(f"{name:<14}{row['right']:>6}" + "".join(f"{cell(row[k], row[k + '_ci95']):>22}" for k in keys))
     if summary.get("pointing_counted"):
-        lines += ["", f"pointing game of the Parasitized map on {summary['pointing_counted']} stained Parasitized cells:"]
+        lines += [
+            "",
+            f"pointing game of the Parasitized map on {summary['pointing_counted']} stained Parasitized cells:",
+        ]
         for scale in ("image", "model"):
             inside = cell(summary[f"pointing_0px_{scale}"], summary[f"pointing_0px_{scale}_ci95"], 3)
             near = cell(summary[f"pointing_8px_{scale}"], summary[f"pointing_8px_{scale}_ci95"], 3)

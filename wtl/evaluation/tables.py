@@ -92,8 +92,61 @@ def format_table(result: EvaluationResult) -> str:
             f"galleries: {counts['misclassified']} misclassified, {counts['map_misses']} map misses, "
             f"{counts['suspect_labels']} suspect labels"
         )
+    if result.intervention is not None:
+        lines += ["", format_intervention(result)]
+    if result.data_randomisation is not None:
+        lines += ["", format_data_randomisation(result)]
     if result.sanity is not None:
         lines += ["", format_sanity(result.sanity, result.sanity_intervals())]
+    return "\n".join(lines)
+
+
+REGION_NAMES = {"truth": "ground truth (dilated)", "control": "control (same area)"}
+
+
+def region_name(region: str) -> str:
+    """How the tables name an intervention's region: the ground truth, the control, or a method's top region."""
+    return REGION_NAMES.get(region, f"top of {region.removeprefix('top:')}'s map")
+
+
+def format_intervention(result: EvaluationResult) -> str:
+    """The intervention test: per region the mean drop of the explained class's probability and the share flipped."""
+    assert result.intervention is not None
+    data = result.intervention.to_json(result.resampler)
+    lines = [
+        f"intervention: the ground truth filled from the cell around it ({data['fill']}; dilated by "
+        f"{data['dilation_px']} px, {data['mean_area_px'] or 0:.0f} px on average), a control of the same shape and "
+        f"area elsewhere in the cell, and each map's own top region of that area; on {data['images']} images "
+        f"(P({result.explained_class}) before: {_number(data['before'])})",
+        f"{'region':<28}{'mean drop':>26}{'flipped':>24}{'drop minus control':>26}",
+    ]
+    if data["images"] == 0:
+        return lines[0] + "\n(no explained image with ground truth)"
+    for region in result.intervention.rows():
+        row = data[region]
+        drop = with_interval(row["mean_drop"], row.get("mean_drop_ci95"))
+        flipped = with_interval(row["flipped"], row.get("flipped_ci95"), True)
+        paired = interval_text(row.get("drop_minus_control_ci95"))
+        lines.append(f"{region_name(region):<28}{drop:>26}{flipped:>24}{paired:>26}")
+    if data["controls_not_translated"]:
+        lines.append(
+            f"({data['controls_not_translated']} controls did not fit as a moved copy of the region: the "
+            "cell pixels furthest from it stand in)"
+        )
+    return "\n".join(lines)
+
+
+def format_data_randomisation(result: EvaluationResult) -> str:
+    """The data-randomisation test: per method the mean rank correlation with the shuffled-label twin's maps."""
+    assert result.data_randomisation is not None
+    data = result.data_randomisation.to_json(result.resampler)
+    marker = "" if data["shuffled_labels"] else " (its checkpoint does not say it was trained on shuffled labels)"
+    lines = [
+        f"data randomisation: rank correlation of each method's maps with those of {data['model']}, the same recipe "
+        f"trained on shuffled labels{marker} (near 1 = the map shows the image, not what was learned)",
+    ]
+    for method, row in data["methods"].items():
+        lines.append(f"{method:<12}{with_interval(row['spearman'], row.get('spearman_ci95')):>26}  n={row['images']}")
     return "\n".join(lines)
 
 

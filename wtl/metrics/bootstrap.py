@@ -97,7 +97,13 @@ class Resampler:
 
     def describe(self) -> dict[str, Any]:
         """The resampling as evaluate's JSON states it."""
-        return {"unit": self.unit, "units": self.units, "replicates": self.replicates, "level": LEVEL, "seed": self.seed}
+        return {
+            "unit": self.unit,
+            "units": self.units,
+            "replicates": self.replicates,
+            "level": LEVEL,
+            "seed": self.seed,
+        }
 
 
 def interval(replicates: np.ndarray, level: float = LEVEL) -> Interval | None:
@@ -132,7 +138,8 @@ def classification_replicates(
     truth, predicted = np.asarray(truth), np.asarray(predicted)
     ones = np.ones(len(truth))
     out: dict[str, np.ndarray] = {"accuracy": resampler.ratio((truth == predicted).astype(float), ones)}
-    supports, metrics = [], {"precision": [], "recall": [], "f1": []}
+    supports: list[np.ndarray] = []
+    metrics: dict[str, list[np.ndarray]] = {"precision": [], "recall": [], "f1": []}
     for c in range(classes):
         hits = resampler._weighted(((truth == c) & (predicted == c)).astype(float))
         called = resampler._weighted((predicted == c).astype(float))

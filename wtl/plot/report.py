@@ -26,6 +26,7 @@ from wtl.evaluation.result import EvaluationResult, ImageRecord
 from wtl.maps.registry import FUSIONS
 from wtl.metrics.localisation import POINTING_TOLERANCES
 from wtl.metrics.sanity import SanityResult
+from wtl.plot import interventions as intervention_report
 from wtl.plot.charts import metrics_chart
 from wtl.plot.style import LOOK, SHEET_DPI, Look
 from wtl.plot.tiles import contact_sheet, gallery_cells, tile
@@ -96,8 +97,11 @@ def _summary(result: EvaluationResult) -> str:
     scores = [(n, s, n) for n, s in report.per_class.items()]
     scores += [("macro avg", report.macro, "macro"), ("weighted avg", report.weighted, "weighted")]
     per_class = [
-        [_e(name), *(_num(getattr(m, f), intervals.get(f"{f}/{key}")) for f in ("precision", "recall", "f1")),
-         _e(m.support)]
+        [
+            _e(name),
+            *(_num(getattr(m, f), intervals.get(f"{f}/{key}")) for f in ("precision", "recall", "f1")),
+            _e(m.support),
+        ]
         for name, m, key in scores
     ]
     parts.append("<h3>Per class</h3>")
@@ -110,40 +114,45 @@ def _summary(result: EvaluationResult) -> str:
     return "\n".join(parts)
 
 
+def _scaled(
+    result: EvaluationResult, method: str, view: str, figure: str, factor: float = 1.0
+) -> tuple[float | None, list[float] | None]:
+    """One view's mean of a faithfulness figure and its interval, divided by `factor`."""
+    value = result.methods[method][view].mean(figure)
+    bounds = result.ci(method, view, figure)
+    return (
+        None if value is None else value / factor,
+        None if bounds is None else [bounds[0] / factor, bounds[1] / factor],
+    )
+
+
 def _maps_table(result: EvaluationResult) -> str:
     """The pointing game, deletion/insertion and average drop per method and view, the fused row named by its rule."""
     rule = result.fusion_rule
     differences = result.differences()
     rows = []
     for method, view, s in result.views():
-        name = f"{method} {view}"
-
-        def cell(figure: str, text: str) -> str:
-            tied = name in differences.get(figure, {}).get("tied_with_best", [])
-            return f"<b>{text}</b>" if tied else text
-
-        def scaled(figure: str, factor: float = 1.0) -> tuple[float | None, list[float] | None]:
-            value = s.mean(figure)
-            bounds = result.ci(method, view, figure)
-            return (
-                None if value is None else value / factor,
-                None if bounds is None else [bounds[0] / factor, bounds[1] / factor],
-            )
-
-        drop, increase = scaled("average_drop", 100), scaled("increase_in_confidence", 100)
+        tied = {f for f, d in differences.items() if f"{method} {view}" in d.get("tied_with_best", [])}
+        drop = _scaled(result, method, view, "average_drop", 100)
+        increase = _scaled(result, method, view, "increase_in_confidence", 100)
+        cells = [
+            *(
+                (f"pointing_{t:g}px", _pct(s.pointing(t), result.ci(method, view, f"pointing_{t:g}px")))
+                for t in POINTING_TOLERANCES
+            ),
+            ("deletion_auc", _num(*_scaled(result, method, view, "deletion_auc"))),
+            ("insertion_auc", _num(*_scaled(result, method, view, "insertion_auc"))),
+            ("average_drop", _pct(*drop)),
+            ("increase_in_confidence", _pct(*increase)),
+        ]
+        shown = [f"<b>{text}</b>" if figure in tied else text for figure, text in cells]
         rows.append(
             [
                 _e(method),
                 _e(f"fused ({rule})" if view == "fused" and rule else view),
-                *(
-                    cell(f"pointing_{t:g}px", _pct(s.pointing(t), result.ci(method, view, f"pointing_{t:g}px")))
-                    for t in POINTING_TOLERANCES
-                ),
+                *shown[: len(POINTING_TOLERANCES)],
                 _e(s.counted),
-                cell("deletion_auc", _num(*scaled("deletion_auc"))),
-                cell("insertion_auc", _num(*scaled("insertion_auc"))),
-                cell("average_drop", _pct(*drop)),
-                cell("increase_in_confidence", _pct(*increase)),
+                *shown[len(POINTING_TOLERANCES) :],
             ]
         )
     header = [
@@ -202,6 +211,24 @@ def _sanity_table(sanity: SanityResult, intervals: Mapping[str, Mapping[str, Any
     )
 
 
+def _data_randomisation_table(result: EvaluationResult) -> str:
+    """Adebayo's data-randomisation test: per method the rank correlation with the shuffled-label model's maps."""
+    assert result.data_randomisation is not None
+    data = result.data_randomisation.to_json(result.resampler)
+    rows = [
+        [_e(method), _num(row["spearman"], row.get("spearman_ci95")), _e(row["images"])]
+        for method, row in data["methods"].items()
+    ]
+    return "\n".join(
+        [
+            f"<p>The same cells explained by <b>{_e(data['model'])}</b>, the same recipe trained on shuffled labels "
+            "(Adebayo et al.'s data-randomisation test): the mean Spearman rank correlation of each method's map "
+            "with this model's. A map that survives random labels explains the image, not what was learned.</p>",
+            _table(["method", "rank correlation", "cells"], rows),
+        ]
+    )
+
+
 def _rules(result: EvaluationResult) -> str:
     """The galleries' thresholds, in words."""
     rules = result.gallery_rules
@@ -243,6 +270,8 @@ thead th { background: #f1f1f1; }
 .tiles { display: flex; flex-wrap: wrap; gap: 0.8em; }
 figure { margin: 0; width: 262px; font-size: 0.78em; line-height: 1.35; }
 figure img { width: 262px; height: auto; display: block; border: 1px solid #ddd; }
+figure.wide { width: 392px; }
+figure.wide img { width: 392px; }
 .file { font-family: monospace; font-size: 0.9em; word-break: break-all; color: #555; }
 .note { color: #555; }
 .ci { color: #777; font-size: 0.85em; white-space: nowrap; }
@@ -281,13 +310,18 @@ def write_report(
     if thumbs.exists():
         shutil.rmtree(thumbs)
     thumbs.mkdir(parents=True)
-    for stale in TITLES:
+    for stale in (*TITLES, *intervention_report.TITLES):
         (folder / f"{stale}.png").unlink(missing_ok=True)
     heading = f"Where to look: evaluation of {result.classification.images} images"
     sections = [_details(details), "<h2>Summary</h2>", _summary(result), "<h2>Maps</h2>", _maps_table(result)]
     if result.methods:
         metrics_chart(result).savefig(folder / "metrics.png", dpi=SHEET_DPI)
         sections.append('<p><img src="metrics.png" alt="bar charts of the maps table" style="max-width:100%"></p>')
+    size = model.image_size if model is not None else result.image_size
+    preprocess = str(getattr(model, "preprocess", "squash"))
+    sections.append(intervention_report.section(result, folder, size, preprocess, max_tiles, SHEET_DPI))
+    if result.data_randomisation is not None:
+        sections += ["<h2>Data randomisation</h2>", _data_randomisation_table(result)]
     if result.sanity is not None:
         sections += ["<h2>Sanity check</h2>", _sanity_table(result.sanity, result.sanity_intervals())]
     present = [name for name in TITLES if name in result.galleries]

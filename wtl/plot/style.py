@@ -69,9 +69,7 @@ def shared_look(base: Look, scale: float, signed: bool, label: str, cmap: str | 
     `cmap` is the user's --cmap where given; else a diverging map for signed evidence, reds otherwise.
     """
     chosen = cmap or (EVIDENCE_CMAP if signed else SHARED_CMAP)
-    return replace(
-        base, cmap=chosen, vmin=-scale if signed else 0.0, vmax=scale, label=label, fade=True
-    )
+    return replace(base, cmap=chosen, vmin=-scale if signed else 0.0, vmax=scale, label=label, fade=True)
 
 
 LOOK = Look()

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from wtl import names
 from wtl.checkpoints.io import load_checkpoint
+from wtl.checkpoints.scales import write_scale
 from wtl.data import augment as augmentations
 from wtl.data.cache import DatasetCache
 from wtl.data.datasets import DATASETS
@@ -27,7 +28,6 @@ from wtl.data.manifests import write_test_manifest
 from wtl.data.registry import DEFAULT_PREPROCESS
 from wtl.data.shuffling import chance_agreement, label_agreement, shuffle_labels
 from wtl.data.splits import TrainingSplits, training_splits
-from wtl.checkpoints.scales import write_scale
 from wtl.maps.scale import model_scale
 from wtl.metrics.classification import Classification
 from wtl.nets.modes import eval_mode
