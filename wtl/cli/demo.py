@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     from wtl.checkpoints.finding import test_manifest
     from wtl.data import demo
     from wtl.maps.explain import explain
-    from wtl.plot.draw import demo_sheet, draw
+    from wtl.plot.draw import demo_sheet, draw, scales_sheet
     from wtl.plot.outputs import Outputs
     from wtl.runtime import pick_device
 
@@ -55,6 +55,12 @@ def run(args: argparse.Namespace) -> list[Path]:
     print(f"{correct} of {len(cells)} demo cells classified correctly by {model.path.name}\n")
     title = f"Where the network looks: last-block CAM of the demo cells ({model.path.name})"
     outputs.save(demo_sheet([result], truths, title, look, scale), "demo_contact_sheet")
+    if result.scale() is not None:
+        heading = (
+            f"The same cells on {model.path.name}'s shared scale (left: log-odds, one colour bar for all) and "
+            "stretched per image (right)"
+        )
+        outputs.save(scales_sheet(result, truths, heading, look), "demo_scales")
     few = [p for p, t in cells if t == "Parasitized"][:2] + [p for p, t in cells if t == "Uninfected"][:1]
     if args.model:
         if model.kind == "every":

@@ -193,7 +193,8 @@ def evaluate(
         _randomisation(model, options, methods),
     )
     seen = 0
-    bar = tqdm(total=count(dataset, options.max_images), desc="evaluating", unit="img", disable=not options.progress)
+    total = count(dataset, options.max_images)
+    bar = tqdm(total=total, desc="evaluating", unit="img", disable=not options.progress, leave=False)
     with contextlib.ExitStack() as stack:
         stack.callback(bar.close)
         stack.enter_context(eval_mode(network))  # the caller's train/eval mode comes back afterwards

@@ -181,7 +181,7 @@ def _maps_rows(result: EvaluationResult) -> list[str]:
 def format_sanity(sanity: SanityResult, intervals: dict[str, dict[str, Interval | None]] | None = None) -> str:
     """The randomisation test as text: per method the mean Spearman rho after each cumulative stage, intervals below."""
     stages = list(sanity.stages)
-    width = 16
+    width = 18
     lines = [
         f"sanity check: rank correlation of each method's maps with the trained model's, after re-initialising "
         f"from the top down ({sanity.images} images; near 1 = the map ignores the weights)",

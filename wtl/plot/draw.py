@@ -19,9 +19,9 @@ from matplotlib.figure import Figure
 from wtl import names
 from wtl.maps.explain import Result
 from wtl.maps.registry import DEFAULT_SCALE, SCALES, SIGNED_METHODS
-from wtl.plot.maps import blocks_figure, contact_sheet, single_figure
+from wtl.plot.maps import blocks_figure, contact_sheet, overlay, single_figure
 from wtl.plot.outputs import Outputs
-from wtl.plot.style import CMAP, LOOK, Look, shared_look
+from wtl.plot.style import CMAP, LOOK, Look, shared_look, title_colour
 
 LOSS_TEXT = {"every": "every-block loss", "last": "last-block loss"}
 
@@ -252,4 +252,46 @@ def demo_sheet(
     drawn = _shared_look(results[0], None, look) if shared and results else look
     fig = contact_sheet(pictures, heats, titles, correct, drawn, colorbar=shared)
     fig.suptitle(title + ("" if shared else " (each map stretched to its own range)"))
+    return fig
+
+
+def scales_sheet(result: Result, truths: Sequence[str], title: str, look: Look = LOOK) -> Figure:
+    """Every picture twice, on the model's shared scale and stretched per image, side by side (needs a scale file).
+
+    The pairs make the difference visible at a glance: per image a healthy cell's faint evidence is
+    stretched to the same red as a parasite's; on the model's scale it stays as faint as it is.
+    """
+    if result.scale() is None:
+        raise ValueError(no_scale_note(result))
+    shared = _shared_look(result, None, look)
+    count = len(result)
+    pairs = 5 if count > 4 else count
+    rows = (count + pairs - 1) // pairs
+    fig = Figure(figsize=(2.05 * 2 * pairs + 1.2, 2.35 * rows + 0.6), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(rows, 2 * pairs, squeeze=False))
+    artist = None
+    for i in range(rows * pairs):
+        left, right = axes[i // pairs][2 * (i % pairs)], axes[i // pairs][2 * (i % pairs) + 1]
+        if i >= count:
+            left.set_axis_off()
+            right.set_axis_off()
+            continue
+        picture = result.inputs.picture(i)
+        predicted = result.class_names[int(result.predictions[i])]
+        ok = predicted == truths[i] if i < len(truths) else None
+        mean = (
+            float(result.evidence[i].mean() + result.evidence_bias[i])
+            if result.evidence is not None and (result.evidence_bias is not None)
+            else None
+        )
+        odds = f", log-odds {mean:+.1f}" if mean is not None else ""
+        artist = overlay(left, picture, as_numpy(result.heatmap_shared[i]), f"model scale{odds}", shared)
+        overlay(right, picture, as_numpy(result.heatmap[i]), "per image", look)
+        for ax in (left, right):
+            ax.title.set_fontsize(7)
+            ax.title.set_color(title_colour(ok))
+        left.set_ylabel(f"true {truths[i] if i < len(truths) else '?'}\npred {predicted}", fontsize=7)
+    if artist is not None:
+        fig.colorbar(artist, ax=list(axes.ravel()), fraction=0.015, pad=0.01, label=shared.label)
+    fig.suptitle(title, fontsize=11)
     return fig
