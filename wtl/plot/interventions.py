@@ -9,6 +9,7 @@ functions evaluate used, so they are what the model was shown.
 from __future__ import annotations
 
 import html
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from wtl.plot.style import OUTLINE
 from wtl.plot.tiles import TILE_SCALE, contact_sheet, outline
 
 CONTROL_OUTLINE = np.array([255, 215, 0], dtype=np.uint8)  # the control region: gold
+TILES = "interventions"  # the report's sub-folder of before/after tiles
 TITLES = {
     "largest_flips": "Largest flips: the prediction changes when the stain is removed",
     "suspect_label_flips": "Suspect labels that flip when their stained blob is removed",
@@ -153,8 +155,10 @@ def section(result: EvaluationResult, folder: Path, size: int, preprocess: str, 
         "<th>predictions flipped</th><th>drop minus the control's (paired 95 % interval)</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
-    tiles_dir = folder / "thumbs"
-    tiles_dir.mkdir(parents=True, exist_ok=True)
+    tiles_dir = folder / TILES
+    if tiles_dir.exists():
+        shutil.rmtree(tiles_dir)
+    tiles_dir.mkdir(parents=True)
     for name, chosen in result.intervention_galleries(max_tiles).items():
         tiles = gallery(chosen, size, preprocess)
         parts.append(f'<h3 id="{_e(name)}">{_e(TITLES[name])}: {len(chosen)}</h3>')
@@ -163,7 +167,7 @@ def section(result: EvaluationResult, folder: Path, size: int, preprocess: str, 
             continue
         figures = []
         for number, tile in enumerate(tiles):
-            path = f"thumbs/{name}_{number:03d}.png"
+            path = f"{TILES}/{name}_{number:03d}.png"
             Image.fromarray(tile.panels).save(folder / path, optimize=True)
             figures.append(
                 f'<figure class=wide><img src="{_e(path)}" alt="the cell before and after"><figcaption>'
