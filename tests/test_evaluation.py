@@ -298,7 +298,7 @@ def test_a_right_model_points_at_the_parasite_and_a_scrambled_one_does_not(cells
         assert good["deletion_auc"] < good["insertion_auc"]
         assert bad["images"] == 12 and bad["deletion_auc"] is None  # faithfulness switched off
     text = tables.format_table(right)
-    assert "gradcam" in text and "100.0%" in text and "accuracy 100.00% on 24 images" in text
+    assert "gradcam" in text and "100.0%" in text and "accuracy 100.00% [100.0, 100.0] on 24 images" in text
 
 
 def test_evaluate_every_block_model_reports_each_block_and_the_fused_map(cells: list[Cell]) -> None:

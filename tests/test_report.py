@@ -18,7 +18,7 @@ from test_evaluation import Loaded, confident, purple_detector
 from model_data import MalariaSet
 from wtl.evaluation import driver
 from wtl.evaluation.result import EvaluationResult
-from wtl.plot import report, style, tiles
+from wtl.plot import interventions, report, style, tiles
 
 SIZE = 64
 # A file name a browser would take for markup if it were not escaped.
@@ -91,6 +91,14 @@ def test_the_report_is_self_contained_and_escapes_every_text(
     assert "Sanity check" in text and "fused" not in json.dumps(result.to_json()["methods"])  # a Network: no fused row
     tiles = sorted((index.parent / report.THUMBS).glob("*.png"))
     assert tiles and all(Image.open(t).size == (2 * 2 * SIZE + 2, 2 * SIZE) for t in tiles)
+    # The intervention: its table, and the flipped label's cell among the suspects that flip without their blob.
+    assert "Intervention: does the model need the stain?" in text and "diffusion" in text
+    flips = result.to_json()["intervention_galleries"]["suspect_label_flips"]
+    assert stained.name in {Path(r["file"]).name for r in flips}
+    assert all(r["before"] > 0.5 > r["after"] for r in flips)
+    before_after = sorted((index.parent / interventions.TILES).glob("suspect_label_flips_*.png"))
+    assert before_after and all(Image.open(t).size == (3 * 2 * SIZE + 4, 2 * SIZE) for t in before_after)
+    assert (index.parent / "suspect_label_flips.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_a_report_caps_its_galleries_and_works_without_a_model(

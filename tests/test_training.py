@@ -186,10 +186,23 @@ def test_train_one_epoch(trained, name: str) -> None:
     # Written atomically: no temporary file is left behind.
     assert part_files(run.models) == []
     assert sorted(p.name for p in run.models.iterdir()) == sorted(
-        [f"{stem}.pt", f"{stem}.best.pt", f"{stem}.metrics.json", f"{stem}.test_files.json", f"{stem}.history.png"]
+        [
+            f"{stem}.pt",
+            f"{stem}.best.pt",
+            f"{stem}.metrics.json",
+            f"{stem}.test_files.json",
+            f"{stem}.history.png",
+            f"{stem}.best.scale.json",
+        ]
     )
     # Both checkpoints carry the statistics that tell pictures unlike the training pictures.
     assert "ood" in checkpoint and "ood" in best and metrics["ood"]["quantile"] == 0.99
+    # The shared colour scale, measured on the test split with the best weights, is found by the loader.
+    best_model = loading.load_model(run.models / f"{stem}.best.pt")
+    assert best_model.scale is not None and best_model.scale.images == metrics["images"]
+    views = ["last"] + ([f"block{b}" for b in range(1, 5)] if "every" in name else [])
+    assert all(best_model.scale.of("cam", view) for view in views)
+    assert best_model.scale.of("gradcam", "last") and "log-odds" in best_model.scale.units["cam"]
     assert checkpoint["preprocess"] == ("center-crop" if name.startswith("gender") else "squash")
     assert loaded.preprocess == checkpoint["preprocess"]
 

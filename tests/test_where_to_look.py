@@ -1027,9 +1027,11 @@ def test_compare_names_runs_by_their_folders(trained, malaria_root, tmp_path):
         )
     )
     assert "run1 vs run2: mean Spearman rho 1.000" in result.stdout
-    assert "run1 vs run2: Spearman rho of the per-class average maps: Uninfected 1.000, Parasitized 1.000" in (
-        result.stdout
+    assert (
+        "run1 vs run2: Spearman rho of the per-class average maps: Uninfected 1.000 [1.000, 1.000], "
+        "Parasitized 1.000 [1.000, 1.000]" in result.stdout
     )
+    assert "95 % intervals: bootstrap over" in result.stdout and "patients" in result.stdout
 
 
 # --------------------------------------------------------------------------- the fused panel is the saved map

@@ -2,10 +2,10 @@
 
 Checkpoints keep the original project's names, `model_<data>_<run>.pt`; beside each the trainer
 writes `<name>.best.pt` (best-validation weights), `<name>.test_files.json` (its test split),
-`<name>.metrics.json` and `<name>.history.png`; `<name>.ood.npz` holds a checkpoint's
-out-of-distribution statistics where the checkpoint itself does not (the bundled ones). The
-commands name their pictures after the input and the method, so that two inputs or two methods
-never overwrite each other.
+`<name>.metrics.json` and `<name>.history.png`; beside the best weights `<file>.scale.json`
+(the model's shared colour scale); `<name>.ood.npz` holds a checkpoint's out-of-distribution
+statistics where the checkpoint itself does not (the bundled ones). The commands name their
+pictures after the input and the method, so that two inputs or two methods never overwrite each other.
 """
 
 from __future__ import annotations
@@ -47,6 +47,16 @@ def run_name(network: str, loss: str = "last") -> str:
     return RUNS.get((network, loss if network == "every" else "last"), network)
 
 
+# A model trained on permuted labels (model_main.py --shuffle-labels) gets its own name, so that
+# it never replaces the real model of the same recipe.
+SHUFFLED_SUFFIX = "_shuffled_labels"
+
+
+def shuffled_run_name(run: str) -> str:
+    """The run name of the same recipe trained on shuffled labels: last -> last_shuffled_labels."""
+    return run + SHUFFLED_SUFFIX
+
+
 def checkpoint_file(models_dir: Path, data: str, run: str) -> Path:
     """models_dir/model_<data>_<run>.pt, e.g. model_malaria_every_multi_loss.pt."""
     return Path(models_dir) / f"model_{data}_{run}.pt"
@@ -74,6 +84,16 @@ def manifest_file(checkpoint: Path) -> Path:
 def metrics_file(checkpoint: Path) -> Path:
     """<name>.metrics.json: the test split's scores and the training history."""
     return _beside(checkpoint, ".metrics.json")
+
+
+def scale_file(checkpoint: Path) -> Path:
+    """<file>.scale.json: the model's shared colour scale, beside the very weights it was measured with.
+
+    Keyed by the file, not the model name: `x.pt` (the last epoch) and `x.best.pt` (the best
+    weights) are different weights, so `x.best.pt` has `x.best.scale.json`.
+    """
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name.removesuffix(".pt") + ".scale.json")
 
 
 def history_file(checkpoint: Path) -> Path:

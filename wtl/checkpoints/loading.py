@@ -14,6 +14,7 @@ from torch import nn
 from wtl import names
 from wtl.checkpoints.finding import bundled_checkpoint
 from wtl.checkpoints.io import load_checkpoint
+from wtl.checkpoints.scales import ModelScale, read_scale
 from wtl.errors import CheckpointError, UsageError
 from wtl.nets import zoo
 from wtl.nets.registry import ZOO
@@ -60,20 +61,33 @@ class LoadedModel:
     # How a picture becomes the network's square input; models from before this key were squashed.
     preprocess: str = "squash"
     arch: str | None = None  # the torchvision architecture (kind "torchvision")
+    # The statistics that tell pictures unlike the training data (wtl.metrics.ood), from the checkpoint's
+    # 'ood' entry or its <name>.ood.npz sidecar; None where it has neither.
+    ood: dict[str, Any] | None = None
+    # The shared colour scale measured for these weights (names.scale_file beside the checkpoint), if any.
+    scale: ModelScale | None = None
 
     @property
     def single_logit(self) -> bool:
         """Whether the head is one sigmoid logit z (shown as the two logits (-z/2, z/2))."""
         return bool(getattr(self.network, "sigmoid", False))
 
-    # The statistics that tell pictures unlike the training data (wtl.metrics.ood), from the checkpoint's
-    # 'ood' entry or its <name>.ood.npz sidecar; None where it has neither.
-    ood: dict[str, Any] | None = None
-
     @property
     def name(self) -> str:
         """The model's name: its checkpoint file's, without .pt and .best."""
         return names.checkpoint_name(self.path)
+
+    @property
+    def shuffled_labels(self) -> bool:
+        """True for a model trained on permuted labels (model_main.py --shuffle-labels): a control, not a model."""
+        return bool(self.checkpoint.get("shuffled_labels"))
+
+    @property
+    def marker(self) -> str:
+        """What every command adds to the model's name: a warning for a model trained on random labels."""
+        if not self.shuffled_labels:
+            return ""
+        return " [trained on shuffled labels: a data-randomisation control, its predictions mean nothing]"
 
 
 def resolve_source(source: str | Path) -> Path:
@@ -232,4 +246,5 @@ def load_model(
         preprocess=str(checkpoint.get("preprocess", plain.preprocess or preprocess)),
         arch=arch,
         ood=ood_statistics(checkpoint, path),
+        scale=read_scale(path),
     )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from wtl import resources
 from wtl.data.registry import PREPROCESS
-from wtl.maps.registry import DEFAULT_FUSION, DEFAULT_METHOD, FUSIONS, METHODS
+from wtl.maps.registry import DEFAULT_FUSION, DEFAULT_METHOD, DEFAULT_SCALE, FUSIONS, METHODS, SCALES
 from wtl.nets.registry import NORMALISATIONS, ZOO
 from wtl.runtime import DEVICE_CHOICES
 
@@ -57,6 +57,30 @@ def look_of(args: argparse.Namespace, cmap: str | None = None) -> Look:
     if problem:
         raise UsageError(problem)
     return Look(cmap=chosen, alpha=args.alpha, grey=args.grey)
+
+
+def scale_flag(p: argparse.ArgumentParser) -> None:
+    """--scale {model,image}: one colour scale per model (default) or each picture stretched to its own range."""
+    p.add_argument(
+        "--scale",
+        choices=list(SCALES),
+        default=DEFAULT_SCALE,
+        help=f"colour scale of the maps (default {DEFAULT_SCALE}): model = one scale per model, measured on its "
+        "test split (CAM in log-odds), so a weak map looks weak; image = each map stretched to its own range",
+    )
+
+
+def scale_for(asked: str, model: LoadedModel, method: str) -> str:
+    """The scale a command draws with: --scale, or 'image' (with a note) where the model has no scale for `method`."""
+    if asked != "model" or (model.scale is not None and model.scale.of(method, "last") is not None):
+        return asked
+    from wtl import names
+
+    print(
+        f"note: {model.path.name} has no shared colour scale for {method} ({names.scale_file(model.path).name}): "
+        f"drawn per image; measure it with '{SCRIPT} scale --model {model.path} --data-dir DATA'"
+    )
+    return "image"
 
 
 def device_flag(p: argparse.ArgumentParser) -> None:
@@ -186,7 +210,7 @@ def open_model(
                 f"no {name}.pt in {where}: train it with model_main.py, run '{SCRIPT} download', or pass --model PATH"
             )
         loaded = load_model(found, device)
-    print(f"model: {shown_path(loaded.path)}")
+    print(f"model: {shown_path(loaded.path)}{loaded.marker}")
     return loaded
 
 

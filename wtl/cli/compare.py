@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     plain = dataclasses.replace(common.plain_of(args), arch_if_needed=True)
     models = [load_model(path, device, plain) for path in args.model]
     for model in models:
-        print(f"model: {shown_path(model.path)}")
+        print(f"model: {shown_path(model.path)}{model.marker}")
     if any(m.class_names != models[0].class_names for m in models):
         raise UsageError("compare needs models of the same classes")
     if any(m.preprocess != models[0].preprocess for m in models):
@@ -68,13 +68,23 @@ def run(args: argparse.Namespace) -> list[Path]:
     named = dict(zip(run_labels(args.model), models))
     options = CompareOptions(device=device, batch_size=args.batch_size, class_index=class_index)
     result = compare_models(named, dataset, args.method, options)
+    from wtl.evaluation.tables import interval_text
+
+    described = result.bootstrap
+    print(
+        f"(95 % intervals: bootstrap over {described['units']} {described['unit']}s, {described['replicates']} "
+        f"replicates; {described['average_map_replicates']} for the average maps)"
+    )
     for pair, scores in result.pairs.items():
         rho = scores.mean_spearman()
-        shown = "n/a" if rho is None else f"{rho:.3f}"
+        shown = "n/a" if rho is None else f"{rho:.3f} {interval_text(scores.spearman_ci95)}".rstrip()
+        iou = f"{scores.to_json()['top10_iou']:.3f} {interval_text(scores.top10_iou_ci95)}".rstrip()
         averages = ", ".join(
-            f"{name} {'n/a' if r is None else f'{r:.3f}'}" for name, r in scores.average_map_spearman.items()
+            f"{name} {'n/a' if r is None else f'{r:.3f}'}"
+            + (f" {interval_text(scores.average_map_spearman_ci95.get(name))}" if r is not None else "")
+            for name, r in scores.average_map_spearman.items()
         )
-        print(f"{pair}: mean Spearman rho {shown}, mean top-10% IoU {scores.to_json()['top10_iou']:.3f}")
+        print(f"{pair}: mean Spearman rho {shown}, mean top-10% IoU {iou}")
         print(f"{pair}: Spearman rho of the per-class average maps: {averages}")
     outputs = Outputs(args.out, args.save_npz)
     outputs.json(result.to_json(), "compare")

@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.device_flag(p)
     p.add_argument("--models-dir", type=Path, default=resources.default_models_dir(), help=argparse.SUPPRESS)
     common.output_flags(p, out=Path("outputs") / "demo")
+    common.scale_flag(p)
 
 
 def run(args: argparse.Namespace) -> list[Path]:
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     from wtl.checkpoints.finding import test_manifest
     from wtl.data import demo
     from wtl.maps.explain import explain
-    from wtl.plot.draw import demo_sheet, draw
+    from wtl.plot.draw import demo_sheet, draw, scales_sheet
     from wtl.plot.outputs import Outputs
     from wtl.runtime import pick_device
 
@@ -40,8 +41,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     else:
         cells = demo.demo_cells()
     truths = [t for _, t in cells]
+    scale = common.scale_for(args.scale, model, "cam")
     result = common.judged(explain(model, [p for p, _ in cells], "cam", "last"))
-    draw(result, outputs, truths, look=look)
+    draw(result, outputs, truths, look=look, scale=scale)
     correct = 0
     print(f"\n{'cell':<52}{'true':<13}{'predicted':<22}")
     for i, (path, truth) in enumerate(cells):
@@ -52,15 +54,26 @@ def run(args: argparse.Namespace) -> list[Path]:
         print(f"{path.name:<52}{truth:<13}{predicted} {float(result.probabilities[i].max()):.1%}{verdict}")
     print(f"{correct} of {len(cells)} demo cells classified correctly by {model.path.name}\n")
     title = f"Where the network looks: last-block CAM of the demo cells ({model.path.name})"
-    outputs.save(demo_sheet([result], truths, title, look), "demo_contact_sheet")
+    outputs.save(demo_sheet([result], truths, title, look, scale), "demo_contact_sheet")
+    if result.scale() is not None:
+        heading = (
+            f"The same cells on {model.path.name}'s shared scale (left: log-odds, one colour bar for all) and "
+            "stretched per image (right)"
+        )
+        outputs.save(scales_sheet(result, truths, heading, look), "demo_scales")
     few = [p for p, t in cells if t == "Parasitized"][:2] + [p for p, t in cells if t == "Uninfected"][:1]
     if args.model:
         if model.kind == "every":
-            draw(common.judged(explain(model, few, "cam", "every")), outputs, look=look)
+            draw(common.judged(explain(model, few, "cam", "every")), outputs, look=look, scale=scale)
         else:
             print(f"note: {model.path.name} is a last-block Network: the every-block pictures need a NetworkMultiLoss")
     else:
         for view in ("multi-last", "multi-every"):
             every = common.open_model(None, view, args.models_dir, device, bundled_only=True)
-            draw(common.judged(explain(every, few, "cam", "every")), outputs, look=look)
+            draw(
+                common.judged(explain(every, few, "cam", "every")),
+                outputs,
+                look=look,
+                scale=common.scale_for(args.scale, every, "cam"),
+            )
     return outputs.written

@@ -72,7 +72,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--faithful-images",
         type=common.positive,
         metavar="N",
-        help="deletion/insertion on a seeded sample of N explained images instead of all (they cost most)",
+        help="deletion/insertion, the intervention and --sanity-model on a seeded sample of N explained images "
+        "(default: all of them up to 200, else a sample of 200; the pointing game always runs on all)",
+    )
+    p.add_argument(
+        "--intervene",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the intervention test: fill the ground truth (stain) from the cell around it, an equal control region "
+        "and the map's top region, and ask the model again (default: on wherever there is ground truth)",
+    )
+    p.add_argument(
+        "--sanity-model",
+        type=Path,
+        metavar="PATH",
+        help="the data-randomisation test: the same recipe trained on shuffled labels (model_main.py "
+        "--shuffle-labels); per method the rank correlation of its maps with this model's",
+    )
+    p.add_argument(
+        "--all-fusions",
+        action="store_true",
+        help="also score every other fusion rule as a view fused_<rule> (to compare them on the same maps)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=common.positive,
+        default=None,
+        metavar="N",
+        help="bootstrap replicates of every 95 %% interval (default 5000; patients, people or images resampled)",
     )
     common.model_flags(p)
     p.add_argument("--batch-size", type=common.positive, default=32, help="images per batch")
@@ -132,8 +159,11 @@ def run(args: argparse.Namespace) -> list[Path]:
     """Score one model on a split: a table, a JSON file, a chart, and with --report a report folder."""
     from wtl import names
     from wtl.checkpoints.finding import shown_path
-    from wtl.evaluation.driver import EvaluateOptions, evaluate
+    from wtl.errors import UsageError
+    from wtl.evaluation.driver import EvaluateOptions, evaluate, sample_note
     from wtl.evaluation.tables import format_table
+    from wtl.maps.registry import FUSIONS
+    from wtl.metrics.bootstrap import DEFAULT_REPLICATES
     from wtl.plot.charts import metrics_chart
     from wtl.plot.outputs import Outputs
     from wtl.runtime import pick_device
@@ -142,6 +172,19 @@ def run(args: argparse.Namespace) -> list[Path]:
     model = common.open_model(args.model, "malaria", args.models_dir, device, plain=common.plain_of(args))
     dataset = dataset_of(model, args)
     truth = truth_of(args, model, dataset)
+    twin = None
+    if args.sanity_model is not None:
+        from wtl.checkpoints.loading import load_model
+
+        twin = load_model(args.sanity_model, device)
+        print(f"shuffled-label twin: {shown_path(twin.path)}{twin.marker}")
+        if not twin.shuffled_labels:
+            print(
+                f"note: {twin.path.name} does not say it was trained on shuffled labels (model_main.py "
+                "--shuffle-labels): it is compared all the same"
+            )
+        if list(twin.class_names) != list(model.class_names):
+            raise UsageError(f"--sanity-model {twin.path.name}: its classes are not the model's")
     outputs = Outputs(args.out, False)
     options = EvaluateOptions(
         device=device,
@@ -152,12 +195,21 @@ def run(args: argparse.Namespace) -> list[Path]:
         faithful_images=args.faithful_images,
         truth=truth,
         outcome_galleries=tuple(dict.fromkeys(args.gallery)),
+        bootstrap=args.bootstrap or DEFAULT_REPLICATES,
+        intervene=args.intervene,
+        extra_fusions=tuple(FUSIONS) if args.all_fusions else (),
+        sanity_model=twin,
     )
+    note = sample_note(model, dataset, options)
+    if note:
+        print(note)
     result = evaluate(model, dataset, methods_of(args, model), options)
     if truth is not None:
         for line in truth.notes("explained pictures"):
             print(line)
     result.details = {"model": shown_path(model.path), "data_dir": str(args.data_dir), "split": args.split}
+    if model.shuffled_labels:
+        result.details["shuffled_labels"] = True
     print(format_table(result))  # with the sanity check's table when it ran
     _warn_unlike(result, model)
     stem = names.evaluation_stem(model.path, args.split)

@@ -11,6 +11,7 @@ python where_to_look.py compare --model run1/model_gender_last.pt --model run2/m
 python where_to_look.py features --block 3 --channels 8 --class Parasitized
 python where_to_look.py ood --model models/bundled/model_malaria_last.pt --image face.jpg
 python where_to_look.py download [--weights-url URL]
+python where_to_look.py scale --model runs/model_malaria_last.best.pt --data-dir ~/cell_images
 
 `python where_to_look.py COMMAND --help` lists that command's own flags.
 """
@@ -26,10 +27,10 @@ from pathlib import Path
 
 # Only the standard library and torch-free modules up here: `--help` and a mistyped flag answer
 # at once, and each command imports what it needs (torch, matplotlib...) when it runs.
-from wtl.cli import compare, demo, download, evaluate, features, gender100, multi, ood, single
+from wtl.cli import compare, demo, download, evaluate, features, gender100, multi, ood, scale, single
 from wtl.cli.common import DEVICE_CHOICES, positive
 from wtl.errors import WtlError
-from wtl.maps.registry import METHODS
+from wtl.maps.registry import METHODS, SCALES
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ COMMANDS: dict[str, Command] = {
     "features": Command(features.add_arguments, features.run, features.SUMMARY, features.EXAMPLE),
     "ood": Command(ood.add_arguments, ood.run, ood.SUMMARY, ood.EXAMPLE),
     "download": Command(download.add_arguments, download.run, download.SUMMARY, download.EXAMPLE),
+    "scale": Command(scale.add_arguments, scale.run, scale.SUMMARY, scale.EXAMPLE),
 }
 
 
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--save-npz", action="store_true", help="also write the numbers beside each PNG")
     top.add_argument("--show", action="store_true", help="also open windows (where a display exists)")
     top.add_argument("--device", choices=DEVICE_CHOICES, help="auto picks CUDA, then MPS, then CPU")
+    top.add_argument("--scale", choices=list(SCALES), help="colour scale: one per model (default) or per image")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, command in COMMANDS.items():
         parser = sub.add_parser(

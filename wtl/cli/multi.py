@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.map_flags(p)
     common.fuse_flag(p)
     common.output_flags(p)
+    common.scale_flag(p)
 
 
 def run(args: argparse.Namespace) -> list[Path]:
@@ -36,8 +37,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     pictures = common.pictures_of(args, model)
     outputs = Outputs(args.out, args.save_npz)
     look = common.look_of(args)
+    scale = common.scale_for(args.scale, model, args.method)
     for chunk in chunks(pictures, args.batch_size):
         files = [p for p, _ in chunk]
         result = common.judged(explain(model, files, args.method, "every", class_index, args.fuse, args.batch_size))
-        draw(result, outputs, look=look)
+        draw(result, outputs, look=look, scale=scale)
     return outputs.written

@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "default: the last block or stage); cam is exact only at the last one",
     )
     common.output_flags(p)
+    common.scale_flag(p)
 
 
 def run(args: argparse.Namespace) -> list[Path]:
@@ -54,13 +55,14 @@ def run(args: argparse.Namespace) -> list[Path]:
     pictures = common.pictures_of(args, model)
     outputs = Outputs(args.out, args.save_npz)
     look = common.look_of(args)
+    scale = common.scale_for(args.scale, model, args.method)
     if args.erase:
         return erase_pictures(args, model, [p for p, _ in pictures], class_index, outputs, look)
     for chunk in chunks(pictures, args.batch_size):
         files = [p for p, _ in chunk]
         result = explain(model, files, args.method, "last", class_index, batch_size=args.batch_size, layer=args.layer)
         result = common.judged(result)
-        draw(result, outputs, [t for _, t in chunk], look=look)
+        draw(result, outputs, [t for _, t in chunk], look=look, scale=scale)
     return outputs.written
 
 

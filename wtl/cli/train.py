@@ -140,6 +140,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0)"
     )
     optimisation.add_argument("--seed", type=int, default=0, help="seed for subsets, shuffling, augmentation and init")
+    optimisation.add_argument(
+        "--shuffle-labels",
+        action="store_true",
+        help="the data-randomisation test: train on the training labels permuted (seeded), saved as "
+        "model_<data>_<run>_shuffled_labels.pt; compare its maps with evaluate --sanity-model",
+    )
 
     runtime = p.add_argument_group("runtime")
     runtime.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto picks CUDA, then MPS, then CPU")

@@ -62,6 +62,36 @@ def batches(dataset: Images, batch_size: int, limit: int | None) -> Iterable[tup
         yield torch.stack(images), torch.tensor(labels), files
 
 
+def known_labels(dataset: Images, limit: int | None) -> list[int] | None:
+    """The labels of the first `limit` images without decoding any, where the data set lists them (`.labels`)."""
+    labels = getattr(dataset, "labels", None)
+    if not isinstance(dataset, IndexedImages) or not isinstance(labels, (list, tuple)):
+        return None
+    return [int(label) for label in labels[: len(dataset) if limit is None else limit]]
+
+
+def indexed_batches(
+    dataset: IndexedImages, batch_size: int, order: Iterable[int]
+) -> Iterable[tuple[Tensor, Tensor, list[str | None], list[int]]]:
+    """(images, labels, files, indices) batches of a map-style data set read in the given order of indices."""
+    samples = getattr(dataset, "samples", None)
+    images: list[Tensor] = []
+    labels: list[int] = []
+    files: list[str | None] = []
+    indices: list[int] = []
+    for index in order:
+        image, label = dataset[index]
+        images.append(image)
+        labels.append(int(label))
+        files.append(_file_of(samples, index))
+        indices.append(int(index))
+        if len(images) == batch_size:
+            yield torch.stack(images), torch.tensor(labels), files, indices
+            images, labels, files, indices = [], [], [], []
+    if images:
+        yield torch.stack(images), torch.tensor(labels), files, indices
+
+
 def _file_of(samples: Any, index: int) -> str | None:
     """samples[index][0] as a string, when the data set has such a list of (path, label)."""
     try:

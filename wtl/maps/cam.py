@@ -8,6 +8,11 @@ the seed networks, ResNet, DenseNet, MobileNetV2, EfficientNet); a single sigmoi
 read as the two logits (-z/2, z/2), so the negative class's map is the positive class's negated.
 NetworkMultiLoss's blocks 1-3 reach the classifier through a linear transform T_i, so their
 class weights are W @ T_i and their bias W @ t_i + b, and the same identity holds for every block.
+
+The evidence map is the same contraction with the weights of the explained class's log-odds
+(two classes: w_c - w_o, b_c - b_o; ops.evidence_weights): evidence.mean() + evidence_bias is
+the log-odds of the class against the other, so its values are log-odds per position and maps
+of different pictures can be drawn on one scale.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from torch import nn
 
 from wtl.errors import UsageError
 from wtl.maps.fusion import fuse
-from wtl.maps.ops import block_probabilities, head_weights, heatmap, pick_classes, weighted_sum
+from wtl.maps.ops import block_probabilities, evidence_weights, head_weights, heatmap, pick_classes, weighted_sum
 from wtl.maps.registry import DEFAULT_FUSION, GRADIENT_METHODS
 from wtl.nets import blocks as net_blocks
 from wtl.nets.seed import NetworkMultiLoss
@@ -35,6 +40,10 @@ class Explanation:
     cam: torch.Tensor  # (B, h, w) raw CAM at feature resolution
     heatmap: torch.Tensor  # (B, H, W) normalised, at input resolution
     bias: torch.Tensor | None = None  # (B,) exact CAM: the head's bias of the explained class (mean + bias = logit)
+    # The exact CAM only: per-position log-odds of the class (against the other of two), and the bias
+    # such that evidence.mean((1, 2)) + evidence_bias is the log-odds (or, for C != 2, the logit).
+    evidence: torch.Tensor | None = None  # (B, h, w)
+    evidence_bias: torch.Tensor | None = None  # (B,)
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -58,6 +67,9 @@ class BlockExplanation:
     block_logits: list[torch.Tensor] | None = None  # n x (B, C), each block's own head (NetworkMultiLoss)
     block_bias: list[torch.Tensor] | None = None  # n x (B,), each head's bias for the explained class (exact CAM)
     labels: list[str] | None = None  # how figures name the blocks ('layer1'... for a torchvision network)
+    # Exact CAM: each block's evidence map in log-odds (h_i, w_i) and its bias, as Explanation's.
+    evidences: list[torch.Tensor] | None = None  # n x (B, h_i, w_i)
+    evidence_biases: list[torch.Tensor] | None = None  # n x (B,)
 
     # Upsampling eight maps to the image costs about as much as a tenth of the forward
     # pass, so the drawable maps are made on first use, not for every explanation.
@@ -122,7 +134,23 @@ def explain_last_block(
     classes = pick_classes(logits, class_index)
     weight, bias = head.weights()
     cam = weighted_sum(features, weight[classes].to(features.dtype))
-    return Explanation(logits, classes, cam, heatmap(cam, tuple(images.shape[-2:])), bias[classes])
+    evidence, evidence_bias = class_evidence(features, weight.to(features.dtype), bias.to(features.dtype), classes)
+    return Explanation(
+        logits, classes, cam, heatmap(cam, tuple(images.shape[-2:])), bias[classes], evidence, evidence_bias
+    )
+
+
+def class_evidence(
+    features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, classes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evidence map (B, h, w) in log-odds and its bias (B,) of a GAP-linear head over `features` (B, K, h, w).
+
+    evidence = sum_k w_e[k] A_k with (w_e, b_e) = ops.evidence_weights(weight, bias, classes), so that
+    evidence.mean((1, 2)) + b_e equals the head's log-odds of the class against the other (or its logit).
+    Any network whose logits are a linear layer over the spatial mean of a feature map can use it.
+    """
+    chosen, offset = evidence_weights(weight, bias, classes)
+    return weighted_sum(features, chosen), offset
 
 
 @torch.no_grad()
@@ -140,6 +168,7 @@ def explain_every_block(
     classes = pick_classes(logits, class_index)
     cams = [weighted_sum(b, w[classes]) for b, (w, _) in zip(blocks, heads)]
     means = [b.mean(dim=1) for b in blocks]
+    evidence = [class_evidence(b, w, bias, classes) for b, (w, bias) in zip(blocks, heads)]
     return BlockExplanation(
         logits=logits,
         class_index=classes,
@@ -148,4 +177,6 @@ def explain_every_block(
         cams=cams,
         means=means,
         size=tuple(images.shape[-2:]),
+        evidences=[e for e, _ in evidence],
+        evidence_biases=[b for _, b in evidence],
     )

@@ -24,6 +24,7 @@ from wtl.errors import UsageError
 from wtl.maps import methods
 from wtl.maps.cam import BlockExplanation
 from wtl.maps.registry import DEFAULT_FUSION, DEFAULT_METHOD, FUSIONS
+from wtl.maps.scale import shared_heatmap
 
 # One picture to explain: a file or a folder of files, a PIL image, or an image tensor (3, H, W) or (B, 3, H, W).
 Picture = str | Path | Image.Image | Tensor
@@ -104,6 +105,9 @@ class Result:
         cam: (B, h, w) the last block's raw map.
         heatmap: (B, S, S) the last block's map normalised to [0, 1] at the input size: what `single` draws.
         blocks: the every-block view (blocks="every"): per block maps, mean activations, head logits.
+        evidence: (B, h, w) CAM only: the last block's per-position log-odds of the explained class
+            against the other (the logit for other than two classes); None for the Grad-CAM family.
+        evidence_bias: (B,) with evidence.mean((1, 2)) + evidence_bias == that log-odds (or logit).
         ood_score, out_of_distribution: (B,) how unlike the training pictures each picture is, and whether
             that is above the model's threshold (None where the model has no statistics or none were asked for).
     """
@@ -125,6 +129,8 @@ class Result:
     out_of_distribution: Tensor | None = None  # (B,) bool: ood_score above ood_threshold
     ood_threshold: float | None = None
     ood_method: str | None = None  # which score (wtl.metrics.ood.SCORES)
+    evidence: Tensor | None = None
+    evidence_bias: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.logits)
@@ -143,6 +149,33 @@ class Result:
     def heatmaps(self) -> list[Tensor]:
         """Per block (block 1 first) the (B, S, S) heatmap; only the last block's without blocks='every'."""
         return list(self.blocks.heatmaps) if self.blocks is not None else [self.heatmap]
+
+    def raw_maps(self) -> dict[str, Tensor]:
+        """The maps a shared scale applies to, by view: 'last' and, with blocks='every', 'block1'...
+
+        CAM: the evidence in log-odds; the Grad-CAM family: the method's raw map. (B, h_i, w_i) each.
+        """
+        if self.blocks is None:
+            return {"last": self.evidence if self.evidence is not None else self.cam}
+        maps = self.blocks.evidences if self.blocks.evidences is not None else self.blocks.cams
+        out = {f"block{i}": m for i, m in enumerate(maps, start=1)}
+        return {**out, "last": maps[-1]}
+
+    def scale(self, view: str = "last") -> float | None:
+        """The model's shared scale of this method's view (the colour bar's end), None without a scale file."""
+        scale = self.model.scale
+        return scale.of(self.method, view) if scale is not None else None
+
+    @cached_property
+    def shared_heatmaps(self) -> dict[str, Tensor]:
+        """Per view the (B, S, S) map the shared-scale picture draws: raw_maps upsampled, in their own units."""
+        size = tuple(self.inputs.images.shape[-2:])
+        return {view: shared_heatmap(raw, size) for view, raw in self.raw_maps().items()}
+
+    @property
+    def heatmap_shared(self) -> Tensor:
+        """(B, S, S) the last block's map as `--scale model` draws it (log-odds for CAM), against scale()."""
+        return self.shared_heatmaps["last"]
 
     @cached_property
     def fused(self) -> Tensor:
@@ -214,6 +247,8 @@ def explain(
             class_names=list(model.class_names),
             bias=torch.cat([b for b in biases if b is not None]).cpu() if all(b is not None for b in biases) else None,
             layer=layer,
+            evidence=_cat_optional([p.evidence for p in lasts]),
+            evidence_bias=_cat_optional([p.evidence_bias for p in lasts]),
         )
     if layer is not None:
         raise UsageError("layer is for blocks='last': the every-block view shows every block's (or stage's) output")
@@ -234,7 +269,16 @@ def explain(
         blocks=every,
         fusion=fusion,
         class_names=list(model.class_names),
+        evidence=every.evidences[-1] if every.evidences is not None else None,
+        evidence_bias=every.evidence_biases[-1] if every.evidence_biases is not None else None,
     )
+
+
+def _cat_optional(parts: Sequence[Tensor | None]) -> Tensor | None:
+    """The chunks' tensors concatenated on the CPU, or None where a chunk has none."""
+    if any(part is None for part in parts):
+        return None
+    return torch.cat([part for part in parts if part is not None]).cpu()
 
 
 def _chunk(class_index: int | Tensor | None, rows: slice) -> int | Tensor | None:
@@ -261,4 +305,6 @@ def _merge(parts: Sequence[BlockExplanation]) -> BlockExplanation:
         block_logits=cat([p.block_logits for p in parts]),
         block_bias=cat([p.block_bias for p in parts]),
         labels=parts[0].labels,
+        evidences=cat([p.evidences for p in parts]),
+        evidence_biases=cat([p.evidence_biases for p in parts]),
     )

@@ -128,13 +128,15 @@ def views(
     blocks: bool = False,
     probabilities: Tensor | None = None,
     batch_size: int = 32,
+    extra_rules: Sequence[str] = (),
 ) -> dict[str, Tensor]:
     """One method's (B, H, W) heatmaps in [0, 1], by view: what evaluate scores and the report draws.
 
     A NetworkMultiLoss gives 'block1'..'block4' and 'fused' (fused by `rule`); a Network gives
     'last', or with blocks=True and a Grad-CAM method (CAM has no per-block heads there)
     'block1'..'block4' and 'fused'. `probabilities` (B, n) are the block heads' probabilities
-    of the class for the 'confidence' rule (computed when needed and not given).
+    of the class for the 'confidence' rule (computed when needed and not given). `extra_rules` add
+    a view 'fused_<rule>' per rule (other than `rule`), to compare fusion rules on the same maps.
     """
     size = tuple(images.shape[-2:])
     multi = isinstance(network, NetworkMultiLoss)
@@ -146,13 +148,16 @@ def views(
         maps, probabilities = exact.cams, exact.block_probabilities if probabilities is None else probabilities
     else:
         maps = _block_maps(network, method, images, classes, batch_size)
-    if probabilities is None and FUSION_RULES[rule].needs_probabilities:
+    rules = [rule, *(r for r in extra_rules if r != rule)]
+    if probabilities is None and any(FUSION_RULES[r].needs_probabilities for r in rules):
         with torch.no_grad():
             exact_heads = explain_every_block(network, images, classes).block_logits if multi else None
             heads = exact_heads or [network(images)] * len(maps)
         probabilities = block_probabilities(heads, classes)
     out = {f"block{i}": heatmap(m, size) for i, m in enumerate(maps, start=1)}
     out["fused"] = fuse(maps, size, rule, probabilities)
+    for extra in rules[1:]:
+        out[f"fused_{extra}"] = fuse(maps, size, extra, probabilities)
     return out
 
 

@@ -31,6 +31,24 @@ def head_weights(classifier: nn.Linear, transform: nn.Module | None = None) -> t
     return weight, bias
 
 
+def evidence_weights(
+    weight: torch.Tensor, bias: torch.Tensor, classes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image the channel weights (B, K) and bias (B,) of the explained class's evidence, in logit units.
+
+    Two classes: the log-odds of the explained class c against the other o,
+    log p_c/p_o = z_c - z_o = sum_k (w[c,k] - w[o,k]) mean_xy A_k + (b_c - b_o);
+    any other number of classes: the logit itself, z_c = sum_k w[c,k] mean_xy A_k + b_c.
+    Contracting a block's features with these weights (weighted_sum) gives the evidence map,
+    whose spatial mean plus this bias is the log-odds (or logit): the map is in log-odds units.
+    `weight` (C, K) and `bias` (C,) are a head's (head_weights), `classes` (B,) long.
+    """
+    if weight.shape[0] == 2:
+        other = 1 - classes
+        return weight[classes] - weight[other], bias[classes] - bias[other]
+    return weight[classes], bias[classes]
+
+
 def normalize(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Min-max normalise each map of (B, ...) to [0, 1]; a constant map becomes zeros, never NaN.
 

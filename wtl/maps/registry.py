@@ -18,6 +18,17 @@ METHODS: dict[str, str] = {
     "scorecam": "Score-CAM (Wang et al.): channels weighted by the class score of the image they mask (no gradient)",
 }
 DEFAULT_METHOD = "cam"
+# Methods whose maps are signed (evidence against the class shows as negative): drawn on a diverging scale.
+SIGNED_METHODS = ("cam", "hirescam")
+
+# --scale: one colour scale per model (the sidecar's, names.scale_file), or each picture stretched to its own range.
+SCALES: dict[str, str] = {
+    "model": "one scale per model, measured on its test split (CAM in log-odds): a faint map means weak evidence",
+    "image": "each picture's map stretched to its own minimum and maximum (every map looks equally strong)",
+}
+# Chosen by measurement (README, "One scale per model"): under "image" a healthy cell's picture is as
+# bright as an infected one's; under "model" it is as faint as its evidence, and the pointing game is the same.
+DEFAULT_SCALE = "model"
 GRADIENT_METHODS = tuple(name for name in METHODS if name != "cam")
 # Score-CAM costs a forward pass per channel: it runs only where it is asked for by name.
 COSTLY_METHODS = ("scorecam",)

@@ -6,6 +6,13 @@ import torch
 from torch import Tensor
 
 
+def cell_mask(image: Tensor, cell_threshold: float = 0.15) -> Tensor:
+    """The cell of an NIH picture (a pink disc on black): (H, W) bool, every pixel whose brightest channel
+    exceeds `cell_threshold` (`image` (3, H, W) in [0, 1], or uint8)."""
+    image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    return image.amax(dim=0) > cell_threshold
+
+
 def stain_mask(
     image: Tensor,
     cell_threshold: float = 0.15,
@@ -35,7 +42,7 @@ def stain_mask(
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"stain_mask expects one RGB image (3, H, W), not {tuple(image.shape)}")
     image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-    cell = image.amax(dim=0) > cell_threshold
+    cell = cell_mask(image, cell_threshold)
     empty = torch.zeros(image.shape[1:], dtype=torch.bool, device=image.device)
     if int(cell.sum()) < max(min_pixels, 16):  # no cell to speak of (a black or a blank image)
         return empty

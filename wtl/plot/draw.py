@@ -7,6 +7,8 @@ numbers beside it, the very tensors of the Result (so the API and the CLI give t
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,9 +18,10 @@ from matplotlib.figure import Figure
 
 from wtl import names
 from wtl.maps.explain import Result
-from wtl.plot.maps import blocks_figure, contact_sheet, single_figure
+from wtl.maps.registry import DEFAULT_SCALE, SCALES, SIGNED_METHODS
+from wtl.plot.maps import blocks_figure, contact_sheet, overlay, single_figure
 from wtl.plot.outputs import Outputs
-from wtl.plot.style import LOOK, Look
+from wtl.plot.style import CMAP, LOOK, Look, shared_look, title_colour
 
 LOSS_TEXT = {"every": "every-block loss", "last": "last-block loss"}
 
@@ -34,6 +37,7 @@ def draw(
     truths: Sequence[str | None] | None = None,
     save_npz: bool | None = None,
     look: Look = LOOK,
+    scale: str = DEFAULT_SCALE,
 ) -> list[Path]:
     """Write one PNG per picture of `result` (and its npz with save_npz): the single or the every-block view.
 
@@ -43,17 +47,77 @@ def draw(
         truths: the true class of each picture, shown in the caption (None: unknown).
         save_npz: also write the numbers (default: False for a folder, the Outputs' own setting otherwise).
         look: the colour map, opacity and underlay of the heatmaps (plot.style.Look).
+        scale: 'model' (the model's shared scale, in log-odds for CAM; a model without a scale file is
+            drawn per image, with a warning) or 'image' (each map stretched to its own range).
 
     Returns:
         The PNGs written.
     """
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}, not {scale!r}")
+    if scale == "model" and result.scale() is None:
+        warnings.warn(no_scale_note(result), stacklevel=2)
     outputs = out if isinstance(out, Outputs) else Outputs(Path(out), bool(save_npz), quiet=True)
     if save_npz is not None:
         outputs.save_npz = save_npz
     truths = list(truths) if truths is not None else [None] * len(result)
     if result.blocks is None:
-        return [_single(result, i, truths[i], outputs, look) for i in range(len(result))]
-    return [_every_block(result, i, outputs, look) for i in range(len(result))]
+        return [_single(result, i, truths[i], outputs, look, scale) for i in range(len(result))]
+    return [_every_block(result, i, outputs, look, scale) for i in range(len(result))]
+
+
+def no_scale_note(result: Result) -> str:
+    """Why a picture asked for on the model's scale is drawn per image."""
+    return (
+        f"{result.model.path.name} has no shared colour scale for {result.method} "
+        f"({names.scale_file(result.model.path).name}): drawn per image; "
+        "measure it with 'where_to_look.py scale --model ... --data-dir ...'"
+    )
+
+
+def signed(method: str) -> bool:
+    """Whether a method's raw map can be negative (drawn on a diverging colour map under the shared scale)."""
+    return method in SIGNED_METHODS
+
+
+def scale_label(result: Result, i: int | None, view: str = "last") -> str:
+    """The colour bar's label under the shared scale: log-odds for CAM, 'no units' for the Grad-CAM family."""
+    value = result.scale(view)
+    assert value is not None and result.model.scale is not None
+    measured = f"{result.model.scale.percentile:g}th percentile of |map| on {result.model.scale.images} pictures"
+    if result.method != "cam":
+        return f"{result.method}, no units; end = {value:.3g}\n({measured})"
+    names_ = result.class_names
+    if i is None:
+        shown = "the shown class"
+        other = "the other" if len(names_) == 2 else ""
+    else:
+        c = int(result.class_index[i])
+        shown = names_[c]
+        other = names_[1 - c] if len(names_) == 2 else ""
+    what = f"log-odds {shown} vs {other}" if other else f"logit of {shown}"
+    return f"evidence, {what}; end = ±{value:.3g}\n({measured})"
+
+
+def _shared_look(result: Result, i: int | None, look: Look, view: str = "last") -> Look:
+    """The look of a map on the model's scale (the user's --cmap kept where it is not the per-image default)."""
+    value = result.scale(view)
+    assert value is not None
+    cmap = None if look.cmap == CMAP else look.cmap
+    return shared_look(look, value, signed(result.method), scale_label(result, i, view), cmap)
+
+
+def _shared_numbers(result: Result, i: int, shared: bool) -> dict[str, object]:
+    """The npz keys of the evidence and the shared scale (both views)."""
+    numbers: dict[str, object] = {
+        "heatmap_shared": as_numpy(result.heatmap_shared[i]),
+        "shared_scale": result.scale() or math.nan,
+        "scale_drawn": "model" if shared else "image",
+    }
+    if result.evidence is not None and result.evidence_bias is not None:
+        numbers["evidence"] = as_numpy(result.evidence[i])
+        numbers["evidence_bias"] = as_numpy(result.evidence_bias[i])
+    return numbers
 
 
 def _common_numbers(result: Result, i: int) -> dict[str, object]:
@@ -89,7 +153,7 @@ def ood_note(result: Result, i: int) -> str:
     )
 
 
-def _single(result: Result, i: int, truth: str | None, outputs: Outputs, look: Look) -> Path:
+def _single(result: Result, i: int, truth: str | None, outputs: Outputs, look: Look, scale: str) -> Path:
     """The single view of picture i: the original beside its last-block map, titled with class and probability."""
     classes, probabilities = result.class_names, result.probabilities[i]
     predicted, shown = int(result.predictions[i]), int(result.class_index[i])
@@ -107,10 +171,21 @@ def _single(result: Result, i: int, truth: str | None, outputs: Outputs, look: L
         caption += "\n" + sigmoid_note(classes)
     if ood_note(result, i):
         caption += "\n" + ood_note(result, i)
-    heat = as_numpy(result.heatmap[i])
+    shared = scale == "model" and result.scale() is not None
+    heat = as_numpy(result.heatmap_shared[i] if shared else result.heatmap[i])
     title = f"{classes[shown]} {probabilities[shown]:.1%}"
-    fig = single_figure(result.inputs.picture(i), heat, title, caption, look)
-    numbers = {**_common_numbers(result, i), "cam": as_numpy(result.cam[i]), "heatmap": heat}
+    if result.evidence is not None and result.evidence_bias is not None:
+        mean, bias = float(result.evidence[i].mean()), float(result.evidence_bias[i])
+        title += f"\nlog-odds {mean + bias:+.2f} = map mean {mean:+.2f} + bias {bias:+.2f}"
+    caption += result.model.marker
+    drawn = _shared_look(result, i, look) if shared else look
+    fig = single_figure(result.inputs.picture(i), heat, title, caption, drawn)
+    numbers = {
+        **_common_numbers(result, i),
+        "cam": as_numpy(result.cam[i]),
+        "heatmap": as_numpy(result.heatmap[i]),
+        **_shared_numbers(result, i, shared),
+    }
     if result.bias is not None:
         numbers["bias"] = float(result.bias[i])  # exact CAM: cam.mean() + bias = logits[class_index]
     if result.layer is not None:
@@ -126,14 +201,16 @@ def sigmoid_note(classes: Sequence[str]) -> str:
     )
 
 
-def _every_block(result: Result, i: int, outputs: Outputs, look: Look) -> Path:
+def _every_block(result: Result, i: int, outputs: Outputs, look: Look, scale: str = DEFAULT_SCALE) -> Path:
     """The every-block view of picture i: per block its mean activation and its map, and their fusion."""
     assert result.blocks is not None
     blocks, classes, model = result.blocks, result.class_names, result.model
     method_label = "CAM" if result.method == "cam" else result.method
     shown = int(result.class_index[i])
+    count = len(blocks.cams)
+    shared = scale == "model" and all(result.scale(f"block{b}") is not None for b in range(1, count + 1))
     titles = []
-    for b in range(len(blocks.cams)):
+    for b in range(count):
         title = f"{blocks.labels[b] if blocks.labels else f'block {b + 1}'} {method_label}: {classes[shown]}"
         if blocks.block_logits is not None:
             probs = blocks.block_logits[b][i].softmax(0)
@@ -146,17 +223,24 @@ def _every_block(result: Result, i: int, outputs: Outputs, look: Look) -> Path:
     if shown != predicted:
         heading += f", maps explain {classes[shown]}"
     loss = LOSS_TEXT.get(str(model.checkpoint.get("loss")), "") if model.kind != "torchvision" else ""
-    heading += f"  ({model.path.name}{', ' + loss if loss else ''})"
+    heading += f"  ({model.path.name}{', ' + loss if loss else ''}){model.marker}"
     if model.single_logit:
         heading += "\n" + sigmoid_note(classes)
     if ood_note(result, i):
         heading += "\n" + ood_note(result, i)
     heats = [as_numpy(h[i]) for h in blocks.heatmaps]
+    shared_heats = {view: as_numpy(h[i]) for view, h in result.shared_heatmaps.items()}
     mean_heats = [as_numpy(h[i]) for h in blocks.mean_heatmaps]
     fused = as_numpy(result.fused[i])
     picture = result.inputs.picture(i)
-    fused_title = f"fused ({result.fusion})"
-    fig = blocks_figure(picture, mean_heats, heats, titles, heading, fused, fused_title, look, blocks.labels)
+    drawn, block_looks = heats, None
+    if shared:
+        drawn = [shared_heats[f"block{b}"] for b in range(1, count + 1)]
+        block_looks = [_shared_look(result, i, look, f"block{b}") for b in range(1, count + 1)]
+    fused_title = f"fused ({result.fusion})" + (", per image" if shared else "")
+    fig = blocks_figure(
+        picture, mean_heats, drawn, titles, heading, fused, fused_title, look, block_looks, blocks.labels
+    )
     numbers: dict[str, object] = {
         **_common_numbers(result, i),
         # The last block's map under the single view's names, so that both views' files read alike.
@@ -165,16 +249,22 @@ def _every_block(result: Result, i: int, outputs: Outputs, look: Look) -> Path:
         "cam_fused": as_numpy(result.fused_cam[i]),
         "heatmap_fused": fused,
         "fusion_rule": result.fusion,
+        **_shared_numbers(result, i, shared),
     }
-    for b in range(len(blocks.cams)):
+    for b in range(count):
         numbers[f"cam_block{b + 1}"] = as_numpy(blocks.cams[b][i])
         numbers[f"mean_block{b + 1}"] = as_numpy(blocks.means[b][i])
         numbers[f"heatmap_block{b + 1}"] = heats[b]
+        numbers[f"heatmap_shared_block{b + 1}"] = shared_heats[f"block{b + 1}"]
+        numbers[f"shared_scale_block{b + 1}"] = result.scale(f"block{b + 1}") or math.nan
         numbers[f"mean_heatmap_block{b + 1}"] = mean_heats[b]
         if blocks.block_logits is not None:
             numbers[f"logits_block{b + 1}"] = as_numpy(blocks.block_logits[b][i])
         if blocks.block_bias is not None:
             numbers[f"bias_block{b + 1}"] = as_numpy(blocks.block_bias[b][i])
+        if blocks.evidences is not None and blocks.evidence_biases is not None:
+            numbers[f"evidence_block{b + 1}"] = as_numpy(blocks.evidences[b][i])
+            numbers[f"evidence_bias_block{b + 1}"] = as_numpy(blocks.evidence_biases[b][i])
     name = names.multi_picture(result.inputs.names[i], model.path, result.method)
     return outputs.save(fig, name, numbers)
 
@@ -185,16 +275,65 @@ def _label(result: Result, i: int) -> str:
     return source.name if isinstance(source, Path) else result.inputs.names[i]
 
 
-def demo_sheet(results: Sequence[Result], truths: Sequence[str], title: str, look: Look = LOOK) -> Figure:
-    """The contact sheet of the demo: every picture under its map, titled green where right, red where wrong."""
+def demo_sheet(
+    results: Sequence[Result], truths: Sequence[str], title: str, look: Look = LOOK, scale: str = DEFAULT_SCALE
+) -> Figure:
+    """The contact sheet of the demo: every picture under its map, titled green where right, red where wrong.
+
+    On the model's scale every tile shares one colour bar (the sheet's); per image each is stretched.
+    """
     pictures, heats, titles, correct = [], [], [], []
     rows = [(r, i) for r in results for i in range(len(r))]
+    shared = scale == "model" and all(r.scale() is not None for r in results)
     for (result, i), truth in zip(rows, truths):
         predicted = result.class_names[int(result.predictions[i])]
         pictures.append(result.inputs.picture(i))
-        heats.append(as_numpy(result.heatmap[i]))
+        heats.append(as_numpy(result.heatmap_shared[i] if shared else result.heatmap[i]))
         titles.append(f"true {truth}\npred {predicted} {float(result.probabilities[i].max()):.0%}")
         correct.append(predicted == truth)
-    fig = contact_sheet(pictures, heats, titles, correct, look)
-    fig.suptitle(title)
+    drawn = _shared_look(results[0], None, look) if shared and results else look
+    fig = contact_sheet(pictures, heats, titles, correct, drawn, colorbar=shared)
+    fig.suptitle(title + ("" if shared else " (each map stretched to its own range)"))
+    return fig
+
+
+def scales_sheet(result: Result, truths: Sequence[str], title: str, look: Look = LOOK) -> Figure:
+    """Every picture twice, on the model's shared scale and stretched per image, side by side (needs a scale file).
+
+    The pairs make the difference visible at a glance: per image a healthy cell's faint evidence is
+    stretched to the same red as a parasite's; on the model's scale it stays as faint as it is.
+    """
+    if result.scale() is None:
+        raise ValueError(no_scale_note(result))
+    shared = _shared_look(result, None, look)
+    count = len(result)
+    pairs = 5 if count > 4 else count
+    rows = (count + pairs - 1) // pairs
+    fig = Figure(figsize=(2.05 * 2 * pairs + 1.2, 2.35 * rows + 0.6), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(rows, 2 * pairs, squeeze=False))
+    artist = None
+    for i in range(rows * pairs):
+        left, right = axes[i // pairs][2 * (i % pairs)], axes[i // pairs][2 * (i % pairs) + 1]
+        if i >= count:
+            left.set_axis_off()
+            right.set_axis_off()
+            continue
+        picture = result.inputs.picture(i)
+        predicted = result.class_names[int(result.predictions[i])]
+        ok = predicted == truths[i] if i < len(truths) else None
+        mean = (
+            float(result.evidence[i].mean() + result.evidence_bias[i])
+            if result.evidence is not None and (result.evidence_bias is not None)
+            else None
+        )
+        odds = f", log-odds {mean:+.1f}" if mean is not None else ""
+        artist = overlay(left, picture, as_numpy(result.heatmap_shared[i]), f"model scale{odds}", shared)
+        overlay(right, picture, as_numpy(result.heatmap[i]), "per image", look)
+        for ax in (left, right):
+            ax.title.set_fontsize(7)
+            ax.title.set_color(title_colour(ok))
+        left.set_ylabel(f"true {truths[i] if i < len(truths) else '?'}\npred {predicted}", fontsize=7)
+    if artist is not None:
+        fig.colorbar(artist, ax=list(axes.ravel()), fraction=0.015, pad=0.01, label=shared.label)
+    fig.suptitle(title, fontsize=11)
     return fig

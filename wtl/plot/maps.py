@@ -37,7 +37,7 @@ def overlay(ax: Axes, image: np.ndarray, heat: np.ndarray | None, title: str = "
         artist = ax.imshow(
             heat,
             cmap=look.cmap,
-            alpha=look.alpha,
+            alpha=look.opacity(heat),
             vmin=look.vmin,
             vmax=look.vmax,
             extent=(0, width, height, 0),
@@ -79,24 +79,35 @@ def blocks_figure(
     fused: np.ndarray | None = None,
     fused_title: str = "fused",
     look: Look = LOOK,
+    block_looks: Sequence[Look] | None = None,
     block_names: Sequence[str] | None = None,
 ) -> Figure:
     """Every-block view: top row the mean activation per block, bottom row each block's map, first their fusion.
 
-    `block_names` name the blocks in the top row (default 'block 1'...; a torchvision network's stages: 'layer1'...).
+    With `block_looks` (one per block: the shared scale, which differs by block) each map gets its own
+    colour bar; the mean activations and the fused map keep `look` (per image, no units). `block_names`
+    name the blocks in the top row (default 'block 1'...; a torchvision network's stages: 'layer1'...).
     """
-    fig = Figure(figsize=(13.5, 6.2), layout="constrained")
+    fig = Figure(figsize=(13.5, 6.9 if block_looks else 6.2), layout="constrained")
     axes = fig.subplots(2, 1 + len(cam_heats))
     overlay(axes[0][0], image, None, "original")
     if fused is None:
         axes[1][0].set_axis_off()
     else:
-        overlay(axes[1][0], image, fused, fused_title, look)
-    for i, (mean_heat, cam_heat, title) in enumerate(zip(mean_heats, cam_heats, block_titles), start=1):
+        artist = overlay(axes[1][0], image, fused, fused_title, look)
+        if block_looks:
+            fig.colorbar(artist, ax=axes[1][0], location="bottom", fraction=0.05, pad=0.02, label="per image")
+    looks = list(block_looks) if block_looks else [look] * len(cam_heats)
+    for i, (mean_heat, cam_heat, title, own) in enumerate(zip(mean_heats, cam_heats, block_titles, looks), start=1):
         name = block_names[i - 1] if block_names else f"block {i}"
         overlay(axes[0][i], image, mean_heat, f"{name}: mean activation", look)
-        artist = overlay(axes[1][i], image, cam_heat, title, look)
-    fig.colorbar(artist, ax=list(axes[:, -1]), fraction=0.046, pad=0.02, label=look.label)
+        artist = overlay(axes[1][i], image, cam_heat, title, own)
+        if block_looks:
+            bar = fig.colorbar(artist, ax=axes[1][i], location="bottom", fraction=0.05, pad=0.02)
+            bar.set_label(own.label, fontsize=7)
+            bar.ax.tick_params(labelsize=7)
+    if not block_looks:
+        fig.colorbar(artist, ax=list(axes[:, -1]), fraction=0.046, pad=0.02, label=look.label)
     fig.suptitle(suptitle, fontsize=12)
     return fig
 
@@ -107,18 +118,21 @@ def contact_sheet(
     titles: Sequence[str],
     correct: Sequence[bool | None],
     look: Look = LOOK,
+    colorbar: bool = False,
 ) -> Figure:
-    """A grid of overlays; titles green where the prediction is right, red where wrong."""
+    """A grid of overlays; titles green where the prediction is right, red where wrong (one colour bar if asked)."""
     count = len(images)
     columns = min(5, count)
     rows = (count + columns - 1) // columns
     fig = Figure(figsize=(2.6 * columns, 2.9 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     for ax, image, heat, title, ok in zip(axes, images, heats, titles, correct):
-        overlay(ax, image, heat, title, look)
+        artist = overlay(ax, image, heat, title, look)
         ax.title.set_color(title_colour(ok))
     for ax in axes[count:]:
         ax.set_axis_off()
+    if colorbar and count:
+        fig.colorbar(artist, ax=list(axes), fraction=0.02, pad=0.01, label=look.label)
     return fig
 
 

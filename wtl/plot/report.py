@@ -28,6 +28,7 @@ from wtl.evaluation.result import EvaluationResult, ImageRecord
 from wtl.maps.registry import FUSIONS
 from wtl.metrics.localisation import POINTING_TOLERANCES
 from wtl.metrics.sanity import SanityResult
+from wtl.plot import interventions as intervention_report
 from wtl.plot.charts import metrics_chart
 from wtl.plot.style import LOOK, SHEET_DPI, Look
 from wtl.plot.tiles import contact_sheet, gallery_cells, tile
@@ -42,12 +43,23 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _pct(value: float | None) -> str:
-    return "&ndash;" if value is None else f"{100 * value:.1f}&nbsp;%"
+def _pct(value: float | None, bounds: Sequence[float] | None = None) -> str:
+    text = "&ndash;" if value is None else f"{100 * value:.1f}&nbsp;%"
+    return text + _interval(bounds, True)
 
 
-def _num(value: float | None) -> str:
-    return "&ndash;" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+def _num(value: float | None, bounds: Sequence[float] | None = None) -> str:
+    text = "&ndash;" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    return text + _interval(bounds, False)
+
+
+def _interval(bounds: Sequence[float] | None, percent: bool) -> str:
+    """A figure's 95 % interval as a small grey line under it ('' without one)."""
+    if bounds is None:
+        return ""
+    low, high = (100 * b for b in bounds) if percent else bounds
+    text = f"[{low:.1f}, {high:.1f}]" if percent else f"[{low:.3f}, {high:.3f}]"
+    return f"<br><span class=ci>{text}</span>"
 
 
 def _name(file: str | None) -> str:
@@ -67,22 +79,53 @@ def _summary(result: EvaluationResult) -> str:
     """Accuracy, confusion matrix, per-class precision/recall/F1 and the block heads' accuracy."""
     report = result.classification
     names = list(report.class_names)
-    parts = [f"<p>Accuracy <b>{_pct(report.accuracy)}</b> on {_e(report.images)} images.</p>"]
+    intervals = result.classification_intervals()
+    described = result.resampler.describe()
+    accuracy = _pct(report.accuracy).replace("&nbsp;", " ")
+    bounds = intervals.get("accuracy")
+    shown = f" (95 % interval {100 * bounds[0]:.1f}–{100 * bounds[1]:.1f} %)" if bounds else ""
+    parts = [
+        f"<p>Accuracy <b>{accuracy}</b>{shown} on {_e(report.images)} images. Every interval in this report is a "
+        f"95 % percentile bootstrap over the {_e(described['units'])} {_e(described['unit'])}s "
+        f"({_e(described['replicates'])} replicates): cells of one patient, faces of one person, are not "
+        "independent draws.</p>"
+    ]
     confusion = [
         [_e(name), *(f"{_e(v)} <span class=note>({p:.1f}&nbsp;%)</span>" for v, p in zip(row, percent))]
         for name, row, percent in zip(names, report.confusion, report.confusion_percent)
     ]
     parts.append("<h3>Confusion matrix (rows: true class, columns: predicted; in brackets: % of the row)</h3>")
     parts.append(_table(["true \\ predicted", *names], confusion))
-    scores = [*report.per_class.items(), ("macro avg", report.macro), ("weighted avg", report.weighted)]
-    per_class = [[_e(name), _num(m.precision), _num(m.recall), _num(m.f1), _e(m.support)] for name, m in scores]
+    scores = [(n, s, n) for n, s in report.per_class.items()]
+    scores += [("macro avg", report.macro, "macro"), ("weighted avg", report.weighted, "weighted")]
+    per_class = [
+        [
+            _e(name),
+            *(_num(getattr(m, f), intervals.get(f"{f}/{key}")) for f in ("precision", "recall", "f1")),
+            _e(m.support),
+        ]
+        for name, m, key in scores
+    ]
     parts.append("<h3>Per class</h3>")
     parts.append(_table(["class", "precision", "recall", "F1", "images"], per_class))
     if result.blocks:
-        rows = [[_e(block), _pct(b.accuracy)] for block, b in result.blocks.items()]
+        block_bounds = result.block_intervals()
+        rows = [[_e(block), _pct(b.accuracy, block_bounds.get(block))] for block, b in result.blocks.items()]
         parts.append("<h3>Each block's own head</h3>")
         parts.append(_table(["block", "accuracy"], rows))
     return "\n".join(parts)
+
+
+def _scaled(
+    result: EvaluationResult, method: str, view: str, figure: str, factor: float = 1.0
+) -> tuple[float | None, list[float] | None]:
+    """One view's mean of a faithfulness figure and its interval, divided by `factor`."""
+    value = result.methods[method][view].mean(figure)
+    bounds = result.ci(method, view, figure)
+    return (
+        None if value is None else value / factor,
+        None if bounds is None else [bounds[0] / factor, bounds[1] / factor],
+    )
 
 
 def _maps_table(result: EvaluationResult) -> str:
@@ -93,21 +136,32 @@ def _maps_table(result: EvaluationResult) -> str:
     against = (
         f"your ground truth ({_e(result.truth)}, outlined in green on the tiles)" if own else "the Giemsa stain mask"
     )
+    differences = result.differences()
     rows = []
     for method, view, s in result.views():
-        drop, increase = s.mean("average_drop"), s.mean("increase_in_confidence")
+        tied = {f for f, d in differences.items() if f"{method} {view}" in d.get("tied_with_best", [])}
+        drop = _scaled(result, method, view, "average_drop", 100)
+        increase = _scaled(result, method, view, "increase_in_confidence", 100)
+        cells = [
+            *(
+                (f"pointing_{t:g}px", _pct(s.pointing(t), result.ci(method, view, f"pointing_{t:g}px")))
+                for t in POINTING_TOLERANCES
+            ),
+            ("relevance_mass", _num(*_scaled(result, method, view, "relevance_mass"))),
+            ("relevance_rank", _num(*_scaled(result, method, view, "relevance_rank"))),
+            ("deletion_auc", _num(*_scaled(result, method, view, "deletion_auc"))),
+            ("insertion_auc", _num(*_scaled(result, method, view, "insertion_auc"))),
+            ("average_drop", _pct(*drop)),
+            ("increase_in_confidence", _pct(*increase)),
+        ]
+        shown = [f"<b>{text}</b>" if figure in tied else text for figure, text in cells]
         rows.append(
             [
                 _e(method),
                 _e(f"fused ({rule})" if view == "fused" and rule else view),
-                *(_pct(s.pointing(t)) for t in POINTING_TOLERANCES),
+                *shown[: len(POINTING_TOLERANCES)],
                 _e(s.counted),
-                _num(s.mean("relevance_mass")),
-                _num(s.mean("relevance_rank")),
-                _num(s.mean("deletion_auc")),
-                _num(s.mean("insertion_auc")),
-                _pct(None if drop is None else drop / 100),
-                _pct(None if increase is None else increase / 100),
+                *shown[len(POINTING_TOLERANCES) :],
             ]
         )
     header = [
@@ -129,13 +183,17 @@ def _maps_table(result: EvaluationResult) -> str:
         "its |mask| highest pixels inside it (Arras et al., <i>CLEVR-XAI</i>, 2022); deletion and insertion are "
         "the areas under the class probability as pixels are removed or put back in the map's order.</p>",
         _table(header, rows),
+        "<p class=note>Under each figure its 95 % bootstrap interval. Bold: per column the best map and every map "
+        "whose paired difference from it (the same cells resampled for both) has an interval containing 0 — "
+        "differences between bold entries are not distinguishable from none.</p>",
     ]
     scored = {s.faithful_images for _, _, s in result.views()}
     explained = {s.images for _, _, s in result.views()}
     if len(scored) == 1 and len(explained) == 1 and 0 < next(iter(scored)) < next(iter(explained)):
         text.append(
             f"<p class=note>Deletion, insertion, average drop and increase: on a seeded uniform sample of "
-            f"{_e(next(iter(scored)))} of the {_e(next(iter(explained)))} explained cells.</p>"
+            f"{_e(next(iter(scored)))} of the {_e(next(iter(explained)))} explained cells (their intervals are "
+            "wider accordingly).</p>"
         )
     if any(view == "fused" for _, view, _ in result.views()) and rule in FUSIONS:
         text.append(f"<p>fused ({_e(rule)}): {_e(FUSIONS[rule])}.</p>")
@@ -147,11 +205,12 @@ def _maps_table(result: EvaluationResult) -> str:
     return "\n".join(text)
 
 
-def _sanity_table(sanity: SanityResult) -> str:
-    """The randomisation test: mean Spearman rho per method after each cumulative stage."""
+def _sanity_table(sanity: SanityResult, intervals: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The randomisation test: mean Spearman rho per method after each cumulative stage, with intervals."""
     stages = list(sanity.stages)
     header = ["method", *(s if i == 0 else f"+ {s}" for i, s in enumerate(stages))]
-    rows = [[_e(m), *(_num(sanity.mean(m, s)) for s in stages)] for m in sanity.rhos]
+    bounds = intervals or {}
+    rows = [[_e(m), *(_num(sanity.mean(m, s), bounds.get(m, {}).get(s)) for s in stages)] for m in sanity.rhos]
     return "\n".join(
         [
             "<p>Model-parameter randomisation (Adebayo et al., <i>Sanity checks for saliency maps</i>, 2018): the "
@@ -160,6 +219,24 @@ def _sanity_table(sanity: SanityResult) -> str:
             f"model's, over {_e(sanity.images)} cells. A map that stays near 1 while the weights are destroyed "
             "shows the image, not what the model learned.</p>",
             _table(header, rows),
+        ]
+    )
+
+
+def _data_randomisation_table(result: EvaluationResult) -> str:
+    """Adebayo's data-randomisation test: per method the rank correlation with the shuffled-label model's maps."""
+    assert result.data_randomisation is not None
+    data = result.data_randomisation.to_json(result.resampler)
+    rows = [
+        [_e(method), _num(row["spearman"], row.get("spearman_ci95")), _e(row["images"])]
+        for method, row in data["methods"].items()
+    ]
+    return "\n".join(
+        [
+            f"<p>The same cells explained by <b>{_e(data['model'])}</b>, the same recipe trained on shuffled labels "
+            "(Adebayo et al.'s data-randomisation test): the mean Spearman rank correlation of each method's map "
+            "with this model's. A map that survives random labels explains the image, not what was learned.</p>",
+            _table(["method", "rank correlation", "cells"], rows),
         ]
     )
 
@@ -230,8 +307,11 @@ thead th { background: #f1f1f1; }
 .tiles { display: flex; flex-wrap: wrap; gap: 0.8em; }
 figure { margin: 0; width: 262px; font-size: 0.78em; line-height: 1.35; }
 figure img { width: 262px; height: auto; display: block; border: 1px solid #ddd; }
+figure.wide { width: 392px; }
+figure.wide img { width: 392px; }
 .file { font-family: monospace; font-size: 0.9em; word-break: break-all; color: #555; }
 .note { color: #555; }
+.ci { color: #777; font-size: 0.85em; white-space: nowrap; }
 """
 
 
@@ -269,15 +349,20 @@ def write_report(
     if thumbs.exists():
         shutil.rmtree(thumbs)
     thumbs.mkdir(parents=True)
-    for stale in TITLES:
+    for stale in (*TITLES, *intervention_report.TITLES):
         (folder / f"{stale}.png").unlink(missing_ok=True)
     heading = f"Where to look: evaluation of {result.classification.images} images"
     sections = [_details(details), "<h2>Summary</h2>", _summary(result), "<h2>Maps</h2>", _maps_table(result)]
     if result.methods:
         metrics_chart(result).savefig(folder / "metrics.png", dpi=SHEET_DPI)
         sections.append('<p><img src="metrics.png" alt="bar charts of the maps table" style="max-width:100%"></p>')
+    size = model.image_size if model is not None else result.image_size
+    preprocess = str(getattr(model, "preprocess", "squash"))
+    sections.append(intervention_report.section(result, folder, size, preprocess, max_tiles, SHEET_DPI))
+    if result.data_randomisation is not None:
+        sections += ["<h2>Data randomisation</h2>", _data_randomisation_table(result)]
     if result.sanity is not None:
-        sections += ["<h2>Sanity check</h2>", _sanity_table(result.sanity)]
+        sections += ["<h2>Sanity check</h2>", _sanity_table(result.sanity, result.sanity_intervals())]
     present = [name for name in TITLES if name in result.galleries]
     if present:
         sections += ["<h2>Galleries</h2>", _rules(result)]

@@ -11,6 +11,14 @@ CMAP = "jet"  # heatmaps over pictures (the original project's)
 ALPHA = 0.5  # the heatmap's opacity over the picture
 FEATURE_CMAP = "magma"  # activation maps of single channels, and the spread across models
 DIFFERENCE_CMAP = "RdBu_r"  # signed differences (male minus female): red positive, blue negative
+# The shared scale (--scale model): signed evidence red for the class, blue against it; unsigned maps in reds.
+EVIDENCE_CMAP = "RdBu_r"
+SHARED_CMAP = "Reds"
+# Under the shared scale the map's opacity grows with |value|: no evidence leaves the picture as it is.
+# The opacity at the colour bar's end is FADE_ALPHA (or --alpha where it is higher); FADE_GAMMA < 1 keeps
+# weak evidence visible.
+FADE_ALPHA = 0.85
+FADE_GAMMA = 0.6
 DIFFERENCE_ALPHA = 0.6
 OUTLINE = np.array([0, 255, 0], dtype=np.uint8)  # a mask's outline: pure green, seen on pink cells and on jet
 DPI = 110  # the commands' PNGs
@@ -40,10 +48,28 @@ class Look:
     vmin: float = 0.0  # the map's values at the two ends of the colour bar
     vmax: float = 1.0
     label: str = "relative evidence"  # the colour bar's label
+    fade: bool = False  # opacity grows with |value| (the shared scale), instead of one alpha everywhere
 
     def labelled(self, label: str) -> Look:
         """The same look with another colour-bar label."""
         return replace(self, label=label)
+
+    def opacity(self, heat: np.ndarray) -> float | np.ndarray:
+        """The heatmap's opacity: `alpha` everywhere, or with `fade` per pixel (|value| / the bar's end) ** gamma."""
+        if not self.fade:
+            return self.alpha
+        end = max(abs(self.vmin), abs(self.vmax)) or 1.0
+        strength = np.clip(np.abs(np.asarray(heat, dtype=float)) / end, 0.0, 1.0) ** FADE_GAMMA
+        return max(self.alpha, FADE_ALPHA) * strength
+
+
+def shared_look(base: Look, scale: float, signed: bool, label: str, cmap: str | None = None) -> Look:
+    """The look of a map drawn on a model's shared scale: +-scale (signed) or 0..scale, fading, labelled.
+
+    `cmap` is the user's --cmap where given; else a diverging map for signed evidence, reds otherwise.
+    """
+    chosen = cmap or (EVIDENCE_CMAP if signed else SHARED_CMAP)
+    return replace(base, cmap=chosen, vmin=-scale if signed else 0.0, vmax=scale, label=label, fade=True)
 
 
 LOOK = Look()

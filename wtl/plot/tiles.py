@@ -48,7 +48,9 @@ def tile(
         under = greyscale(cell) if look.grey else cell
         coloured = colour_map(heat, look.cmap, look.vmin, look.vmax)
         coloured = np.asarray(Image.fromarray(coloured).resize(big, Image.Resampling.BILINEAR))
-        mapped = ((1 - look.alpha) * under + look.alpha * coloured).round().astype(np.uint8)
+        alpha = look.opacity(np.kron(heat, np.ones((scale, scale)))) if look.fade else look.alpha
+        alpha = np.asarray(alpha)[..., None] if np.ndim(alpha) else alpha
+        mapped = ((1 - alpha) * under + alpha * coloured).round().astype(np.uint8)
     edge = outline(np.kron(mask, np.ones((scale, scale), dtype=bool)))
     panels = []
     for panel in (cell, mapped):

@@ -38,6 +38,7 @@ class CheckpointTrainer(Trainer):
         metadata: dict[str, Any] | None = None,
         seed: int = 0,
         resume: bool = True,
+        select_best: bool = True,
         **trainer_options: Any,
     ) -> None:
         trainer_options.setdefault("total_epochs", epochs)
@@ -47,6 +48,9 @@ class CheckpointTrainer(Trainer):
         self.epochs = epochs
         self.metadata = dict(metadata or {})
         self.seed = seed
+        # False: every epoch replaces the best weights (a shuffled-label model is meant to memorise,
+        # and its validation accuracy on true labels cannot choose among epochs).
+        self.select_best = select_best
         self.ep = 0
         self.best_val_acc: float | None = 0.0
         self.history: list[dict[str, Any]] = []  # every epoch's row, kept across resumes for the metrics file
@@ -85,6 +89,7 @@ class CheckpointTrainer(Trainer):
             "arch",
             "pretrained",
             "freeze_backbone",
+            "shuffled_labels",
         )
         for key in keys:
             if key in checkpoint and key in self.metadata and checkpoint[key] != self.metadata[key]:
@@ -175,7 +180,12 @@ class CheckpointTrainer(Trainer):
                 if self.ema is not None:
                     # The raw weights too, so that a run shows whether the average helped.
                     row["val_loss_raw"], row["val_acc_raw"] = self.epoch(loader_val, False, "", self.network)
-                improved = self.best_val_acc is None or val_acc > self.best_val_acc or not self.best_path.exists()
+                improved = (
+                    not self.select_best
+                    or self.best_val_acc is None
+                    or val_acc > self.best_val_acc
+                    or not self.best_path.exists()
+                )
                 self.best_val_acc = val_acc if improved else self.best_val_acc
             else:
                 improved, self.best_val_acc = True, None

@@ -19,17 +19,21 @@ from torch.utils.data import DataLoader
 
 from wtl import names
 from wtl.checkpoints.io import load_checkpoint, save_checkpoint
+from wtl.checkpoints.scales import write_scale
 from wtl.data import augment as augmentations
 from wtl.data.cache import DatasetCache
 from wtl.data.datasets import DATASETS
 from wtl.data.groups import find_identity_manifest, identities_by_split, read_identities, shared_identities
 from wtl.data.manifests import write_test_manifest
 from wtl.data.registry import DEFAULT_PREPROCESS
+from wtl.data.shuffling import chance_agreement, label_agreement, shuffle_labels
 from wtl.data.splits import TrainingSplits, training_splits
 from wtl.errors import UsageError
+from wtl.maps.scale import model_scale
 from wtl.metrics import ood
 from wtl.metrics.classification import Classification
 from wtl.nets import zoo
+from wtl.nets.modes import eval_mode
 from wtl.nets.registry import BLOCK_DROPOUT, DROPOUT, PRETRAINED_IMAGENET, is_zoo
 from wtl.nets.seed import ORIGINAL, Architecture, build_network
 from wtl.nets.summary import format_summary, summary
@@ -70,6 +74,7 @@ class TrainConfig:
     ema: float | None = None
     label_smoothing: float = 0.0
     seed: int = 0
+    shuffle_labels: bool = False  # Adebayo's data randomisation: the training labels permuted (seeded)
     device: str = "auto"
     amp: bool = False
     channels_last: bool = False
@@ -84,8 +89,9 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        """last, every_single_loss or every_multi_loss."""
-        return names.run_name(self.network, self.loss)
+        """last, every_single_loss or every_multi_loss (with _shuffled_labels for --shuffle-labels)."""
+        run = names.run_name(self.network, self.loss)
+        return names.shuffled_run_name(run) if self.shuffle_labels else run
 
     @property
     def checkpoint(self) -> Path:
@@ -149,7 +155,9 @@ def make_network(config: TrainConfig, num_classes: int, resuming: bool) -> tuple
     return zoo.build(config.network, num_classes), None
 
 
-def _metadata(config: TrainConfig, network: torch.nn.Module, class_names: list[str], preprocess: str) -> dict:
+def _metadata(
+    config: TrainConfig, network: torch.nn.Module, class_names: list[str], preprocess: str, shuffled: dict | None
+) -> dict:
     """What the checkpoint says about its model, so that every command loads it without flags."""
     metadata: dict[str, Any] = {
         "class_names": class_names,
@@ -161,6 +169,8 @@ def _metadata(config: TrainConfig, network: torch.nn.Module, class_names: list[s
         "seed": config.seed,
         "schedule": config.schedule,
         "ema": config.ema,
+        # Recorded so that every command can mark a model that learned random labels.
+        "shuffled_labels": shuffled,
     }
     if isinstance(network, zoo.TorchvisionNet):
         metadata.update(
@@ -251,6 +261,25 @@ def store_ood_statistics(
     }
 
 
+def _write_scale(
+    network: torch.nn.Module, splits: TrainingSplits, config: TrainConfig, device: torch.device, best: Path
+) -> Path:
+    """Measure the model's shared colour scale (maps.scale) on its test split and write it beside the best weights.
+
+    Without test images the validation split stands in, and without those the training split;
+    the sidecar says which.
+    """
+    split, name = next(
+        ((s, n) for s, n in ((splits.test, "test"), (splits.val, "validation")) if s.samples), (splits.train, "train")
+    )
+    cache = DatasetCache(split).fill(config.workers, f"decoding {name} for the colour scale")
+    loader = DataLoader(cache, batch_size=64)
+    with eval_mode(network):
+        batches = (images.to(device).float().div_(255.0) for images, _ in loader)
+        scale = model_scale(network, batches, f"{name} split of {config.data_dir} ({len(split)} images)")
+    return write_scale(scale, best)
+
+
 def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] | None:
     """Train (or resume) one model; returns the metrics written (None on ranks but 0).
 
@@ -272,8 +301,23 @@ def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] |
     )
     class_names = splits.train.class_names
     checkpoint = config.checkpoint
+    shuffled = None
+    if config.shuffle_labels:
+        true_samples = splits.train.samples
+        splits.train.samples = shuffle_labels(true_samples, config.seed)
+        shuffled = {
+            "seed": config.seed,
+            "agreement": label_agreement(true_samples, splits.train.samples),
+            "chance": chance_agreement(true_samples),
+        }
     if main:
         _announce(config, splits, dist)
+        if shuffled is not None:
+            _say(
+                f"shuffled labels: the {len(splits.train)} training labels are permuted (seed {config.seed}); "
+                f"{shuffled['agreement']:.1%} keep their true label (chance {shuffled['chance']:.1%}); "
+                "the last epoch's weights count as best (validation, on true labels, can only be at chance)"
+            )
     amp_dtype = pick_amp_dtype(device) if config.amp else None
     if config.amp and main:
         if amp_dtype is None:
@@ -310,7 +354,7 @@ def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] |
         _say(weights_note)
     if main:
         _say(format_summary(summary(network, config.image_size), f"network {config.network}: parameters"))
-    metadata = _metadata(config, network, class_names, preprocess)
+    metadata = _metadata(config, network, class_names, preprocess, shuffled)
     trainer = CheckpointTrainer(
         network,
         loss_function(config),
@@ -331,6 +375,7 @@ def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] |
         channels_last=config.channels_last,
         compile_model=compile_model,
         freeze=_freezing(network, config.freeze_backbone),
+        select_best=shuffled is None,
     )
     try:
         history = trainer.train(loader_train, loader_val)
@@ -345,16 +390,19 @@ def train(config: TrainConfig, dist: DistInfo | None = None) -> dict[str, Any] |
         return None  # rank 0 alone judges the test split and writes the metrics
 
     report: dict[str, Any] = {"test": None}
+    # The test split is judged with the best-validation weights, as they are the ones to use.
+    best = load_checkpoint(trainer.best_path)
+    trainer.network.load_state_dict(best["net_state_dict"])
     if splits.test.samples:
-        # The test split is judged with the best-validation weights, as they are the ones to use.
-        best = load_checkpoint(trainer.best_path)
-        trainer.network.load_state_dict(best["net_state_dict"])
         loader_test = DataLoader(DatasetCache(splits.test).fill(config.workers, "decoding test"), batch_size=256)
         scores = Classification.from_predictions(*trainer.predict(loader_test), class_names)
         print(scores.format())
         report = {**scores.to_json(), "best_epoch": best.get("epoch")}
     if history or "ood" not in load_checkpoint(trainer.best_path):
         report["ood"] = store_ood_statistics(trainer, train_cache, val_cache, len(class_names))
+    if history or not names.scale_file(trainer.best_path).exists():
+        scale_path = _write_scale(trainer.network, splits, config, device, trainer.best_path)
+        print(f"shared colour scale: {scale_path}")
     report.update(checkpoint=str(checkpoint), best_checkpoint=str(trainer.best_path), notes=splits.notes)
     report["settings"] = {**config.settings(), "preprocess": preprocess}
     if dist.enabled:
