@@ -22,6 +22,7 @@ from wtl.maps.ops import heatmap
 from wtl.metrics.sanity import cascading_randomisation, randomisation_stages
 from wtl.nets import blocks, zoo
 from wtl.nets.registry import ZOO
+from wtl.nets.summary import summary, total
 
 GAP_LINEAR = ("resnet18", "resnet34", "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0")
 NOT_GAP_LINEAR = ("vgg11_bn", "vgg16_bn", "mobilenet_v3_small", "mobilenet_v3_large", "convnext_tiny")
@@ -336,3 +337,12 @@ def test_the_command_lines_answer_bad_weights_in_one_line(
     with pytest.raises(SystemExit) as exit_info:  # argparse: an unknown --arch is not among the choices
         cli_main.main(["single", "--image", str(cell), "--model", str(weights), "--arch", "alexnet"])
     assert exit_info.value.code == 2 and "invalid choice: 'alexnet'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vgg11_bn", "mobilenet_v3_small"])
+def test_the_parameter_summary_of_a_torchvision_network_counts_every_parameter(arch: str) -> None:
+    network = zoo.build(arch, 2)
+    rows = summary(network, 64)
+    assert total(rows) == sum(p.numel() for p in network.parameters())
+    assert [row.name for row in rows][:4] == ["block 1", "block 2", "block 3", "block 4"]
+    assert rows[4].name == "classifier" and rows[4].output_shape == (2,)

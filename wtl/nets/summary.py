@@ -1,7 +1,8 @@
 """A network's parameter summary, as Keras' `model.summary()` prints it: per block its output shape and parameters.
 
 The rows are the conv blocks (conv + batch norm; pooling and ReLU have no weights), each
-NetworkMultiLoss block's transform, and the classifier; any parameter of no row goes to an
+NetworkMultiLoss block's transform, and the classifier's last linear layer (a torchvision network's
+stages are its blocks, the rest of an MLP head counts as 'other'); any parameter of no row goes to an
 'other' row, so the total, the sum of the rows, always counts every parameter of the network.
 """
 
@@ -58,7 +59,7 @@ def summary(network: nn.Module, image_size: int = 128) -> list[Row]:
             rows.append(
                 Row(f"transform {block.number}", (block.transform.out_features,), _count([block.transform], seen))
             )
-    rows.append(Row("classifier", (classifier.out_features,), _count([network.get_submodule("classifier")], seen)))
+    rows.append(Row("classifier", (classifier.out_features,), _count([classifier], seen)))
     other = _count([network], seen)
     if other:
         rows.append(Row("other", (), other))
