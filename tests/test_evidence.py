@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 from pathlib import Path
@@ -122,11 +123,11 @@ def test_heatmap_shared_in_the_npz_is_what_the_default_picture_draws(tmp_path: P
     else:
         original_blocks = draw_module.blocks_figure
 
-        def spy_blocks(
-            image, mean_heats, cam_heats, titles, heading, fused=None, fused_title="", look=LOOK, block_looks=None
-        ):
-            drawn.append((cam_heats, block_looks))
-            return original_blocks(image, mean_heats, cam_heats, titles, heading, fused, fused_title, look, block_looks)
+        def spy_blocks(*args, **kwargs):
+            # Bind by name: the figure's later parameters may be passed either way.
+            bound = inspect.signature(original_blocks).bind(*args, **kwargs).arguments
+            drawn.append((bound["cam_heats"], bound.get("block_looks")))
+            return original_blocks(*args, **kwargs)
 
         monkeypatch.setattr(draw_module, "blocks_figure", spy_blocks)
     pictures = torch.rand(2, 3, SIZE, SIZE)

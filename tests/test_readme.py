@@ -8,7 +8,9 @@ lines are left out: `make test` is what CI runs around this very test, `make dem
 `python where_to_look.py demo` plus the install, and `make benchmark` times the machine. Each
 line runs in the clone's root with empty stdin (a question would end the run), must exit 0,
 and at the end `git status --porcelain` of the clone must be empty: no command writes into
-the repository's tracked files.
+the repository's tracked files. The blocks fall into independent shards (the trainings with what
+reads their output, and the rest dealt round two more), each on its own clone, so that pytest-xdist
+runs them side by side.
 """
 
 from __future__ import annotations
@@ -38,15 +40,51 @@ READMES = (REPO / "README.md", REPO / "models" / "bundled" / "README.md")
 BLOCK = re.compile(r"```bash\n(.*?)```", re.DOTALL)
 
 
-def command_lines(readme: Path) -> list[str]:
-    """The commands of a README's bash blocks: comments dropped, continuation lines joined, make left out."""
-    lines: list[str] = []
+def command_blocks(readme: Path) -> list[list[str]]:
+    """The commands of each of a README's bash blocks: comments dropped, continuation lines joined, make left out."""
+    blocks = []
     for block in BLOCK.findall(readme.read_text()):
+        lines = []
         for line in block.replace("\\\n", " ").splitlines():
             command = line.split(" #", 1)[0].strip()
             if command and not command.startswith(("#", "make ")):
                 lines.append(command)
-    return lines
+        if lines:
+            blocks.append(lines)
+    return blocks
+
+
+def command_lines(readme: Path) -> list[str]:
+    """Every command of a README's bash blocks, in order."""
+    return [line for block in command_blocks(readme) for line in block]
+
+
+# A block that trains, or reads what a training wrote (runs/, run1/, run2/), goes with the trainings;
+# the other blocks need only the bundled models and are dealt round the view shards by their length.
+TRAINS = re.compile(r"model_main\.py|torchrun|\bruns?\d*/")
+VIEW_SHARDS = 2
+
+
+def shards() -> dict[str, list[tuple[Path, list[str]]]]:
+    """The READMEs' blocks in independent groups, each run on its own clone: 'train' and 'views-1'...; in order."""
+    out: dict[str, list[tuple[Path, list[str]]]] = {"train": []} | {f"views-{k + 1}": [] for k in range(VIEW_SHARDS)}
+    load = [0] * VIEW_SHARDS
+    for readme in READMES:
+        for block in command_blocks(readme):
+            if any(TRAINS.search(line) for line in block):
+                out["train"].append((readme, block))
+            else:
+                lightest = load.index(min(load))
+                out[f"views-{lightest + 1}"].append((readme, block))
+                load[lightest] += len(block)
+    return out
+
+
+def test_the_shards_hold_every_block_once() -> None:
+    dealt = [line for shard in shards().values() for _, block in shard for line in block]
+    every = [line for readme in READMES for line in command_lines(readme)]
+    assert sorted(dealt) == sorted(every) and len(every) >= 20
+    assert all(shards().values())
 
 
 def test_the_readmes_have_commands_and_every_one_parses() -> None:
@@ -149,7 +187,8 @@ def substitute(line: str, values: dict[str, str]) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_every_readme_command_runs_on_a_fresh_clone(tmp_path: Path, served_checkpoint: str) -> None:
+@pytest.mark.parametrize("shard", list(shards()))
+def test_every_readme_command_runs_on_a_fresh_clone(tmp_path: Path, served_checkpoint: str, shard: str) -> None:
     clone = throwaway_clone(tmp_path / "clone")
     values = placeholders(tmp_path / "data")
     env = dict(
@@ -159,9 +198,8 @@ def test_every_readme_command_runs_on_a_fresh_clone(tmp_path: Path, served_check
         OMP_NUM_THREADS="1",
         WTL_WEIGHTS_URL=served_checkpoint,  # `download` fetches from here instead of Google Drive
     )
-    ran = 0
-    for readme in READMES:
-        for line in command_lines(readme):
+    for readme, block in shards()[shard]:
+        for line in block:
             command = substitute(line, values)
             result = subprocess.run(
                 ["bash", "-c", command], cwd=clone, env=env, input="", capture_output=True, text=True, timeout=1800
@@ -170,6 +208,4 @@ def test_every_readme_command_runs_on_a_fresh_clone(tmp_path: Path, served_check
                 f"{readme.name}: {line}\nexit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
             )
             assert "Traceback" not in result.stderr, line
-            ran += 1
-    assert ran >= 20
     assert git_status(clone) == "", "a README command changed the repository's tracked files"
