@@ -199,10 +199,12 @@ def _site_packages(python: Path) -> Path:
 def test_pip_install_gives_wtl_and_both_commands_anywhere(tmp_path: Path, editable: bool) -> None:
     clone = throwaway_clone(tmp_path / "clone")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     # The new environment borrows this one's torch & co. (installing them again is a download), not wtl:
-    # this checkout is not installed here, and the test runs from another folder than the clone.
+    # this checkout is not installed here, and the test runs from another folder than the clone. It
+    # borrows pip and setuptools too: a venv's own setuptools (65 on Python 3.11) cannot build a wheel
+    # without the separate `wheel`, and nothing may be downloaded.
     (_site_packages(python) / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     install = [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
     install += ["-e", str(clone)] if editable else [str(clone)]
