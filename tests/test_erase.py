@@ -14,6 +14,7 @@ from wtl.checkpoints.io import save_checkpoint
 from wtl.checkpoints.loading import load_model
 from wtl.maps.erase import background_mask, dilate, fill_colour, inpaint, median_colour
 from wtl.metrics.erasure import erase, erase_region, read_mask, region_mask
+from wtl.metrics.intervention import DILATION_PX
 from wtl.metrics.stain import stain_mask
 from wtl.nets.seed import Architecture, Network
 
@@ -72,7 +73,7 @@ def test_fills() -> None:
 def test_the_stain_is_filled_from_the_cell_and_the_background_by_its_median() -> None:
     image = cell()
     erased, mask = erase_region(image, "stain")
-    assert torch.equal(mask, dilate(stain_mask(image), 1) & ~background_mask(image))
+    assert torch.equal(mask, dilate(stain_mask(image), DILATION_PX) & ~background_mask(image))
     assert not bool(stain_mask(erased).any())
     assert torch.allclose(erased[:, mask], torch.tensor(PINK)[:, None], atol=0.02)  # cytoplasm, not black
     assert torch.equal(erased[:, ~mask], image[:, ~mask])

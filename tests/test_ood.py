@@ -51,10 +51,11 @@ def test_energy_is_minus_logsumexp() -> None:
     assert ood.energy(logits).tolist() == pytest.approx([-math.log(math.exp(2) + 1), 1 - math.log(2)])
 
 
-def test_the_every_block_score_is_the_largest_distance_relative_to_its_threshold() -> None:
+def test_the_every_block_score_is_the_geometric_mean_of_the_distances_relative_to_their_thresholds() -> None:
     distances = [torch.tensor([1.0, 9.0]), torch.tensor([30.0, 10.0])]
     scores = ood.scores_of(distances, torch.zeros(2, 2), [2.0, 20.0])
-    assert scores["mahalanobis"].tolist() == pytest.approx([1.5, 4.5])
+    # Ratios (0.5, 1.5) and (4.5, 0.5): their geometric means.
+    assert scores["mahalanobis"].tolist() == pytest.approx([(0.5 * 1.5) ** 0.5, (4.5 * 0.5) ** 0.5])
     assert scores["mahalanobis_last"].tolist() == [30.0, 10.0]
 
 

@@ -5,7 +5,7 @@ picture is removed at the network's input size and the picture explained again:
 
 - background: the black area around a segmented cell (maps.erase.background_mask), painted the
   cell's median colour, as if the cell filled the frame;
-- stain: the Giemsa stain mask (metrics.stain.stain_mask) grown by STAIN_GROW px, filled from the
+- stain: the Giemsa stain mask (metrics.stain.stain_mask) grown by its halo (intervention.DILATION_PX), filled from the
   cytoplasm around it (maps.erase.inpaint, the background lending nothing);
 - a mask: a picture file (white, or any non-zero pixel, is removed) resized to the input size
   (nearest), filled from its surroundings.
@@ -28,10 +28,10 @@ from wtl.errors import ImageError
 from wtl.maps.erase import background_mask, dilate, fill_colour, inpaint, median_colour
 from wtl.maps.explain import Picture, Result, explain
 from wtl.maps.registry import DEFAULT_METHOD
+from wtl.metrics.intervention import DILATION_PX
 from wtl.metrics.stain import stain_mask
 
 REGIONS = ("background", "stain")  # or the path of a mask file
-STAIN_GROW = 1  # px: the stain mask's threshold leaves a faint purple rim
 
 
 def read_mask(path: str | Path, size: int) -> Tensor:
@@ -54,7 +54,7 @@ def region_mask(image: Tensor, region: str | Tensor) -> Tensor:
         return background_mask(image)
     if region == "stain":
         stain = stain_mask(image)
-        return dilate(stain, STAIN_GROW) & ~background_mask(image) if bool(stain.any()) else stain
+        return dilate(stain, DILATION_PX) & ~background_mask(image) if bool(stain.any()) else stain
     raise ValueError(f"unknown region {region!r} (expected one of {', '.join(REGIONS)}, or a mask)")
 
 

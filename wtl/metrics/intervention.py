@@ -12,8 +12,8 @@ The fill (FILL): harmonic inpainting ("diffusion from the boundary"). The region
 first filled layer by layer from the outside in, each with the mean of its already-known
 neighbours inside the cell, then smoothed by Jacobi iterations of Laplace's equation with the
 cell pixels around the region held fixed: a smooth surface that meets the surrounding colour
-everywhere at the region's edge. Only cell pixels are sources, so the black background never
-bleeds in. Pure tensor functions: no files, no plotting.
+everywhere at the region's edge (maps.erase.fill_regions, which `single --erase` uses too). Only
+cell pixels are sources, so the black background never bleeds in. Pure tensor functions: no files, no plotting.
 """
 
 from __future__ import annotations
@@ -25,29 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wtl.maps.erase import dilate, fill_regions
 from wtl.metrics.stain import cell_mask
 from wtl.nets.modes import eval_mode
 
 FILL = "diffusion from the region's boundary (harmonic inpainting from the cell's own surrounding pixels)"
-DILATION_PX = 3  # the stain mask is grown by this much: its soft halo carries the parasite's colour too
+DILATION_PX = 3  # the stain mask is grown by this much (here and in --erase stain): its halo carries its colour too
 SMOOTHING_STEPS = 30  # Jacobi iterations after the layer-by-layer fill
-_CROSS = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
-_SQUARE = torch.ones(3, 3)
-
-
-def dilate(masks: Tensor, px: int) -> Tensor:
-    """(B, H, W) bool masks grown by `px` pixels (a (2 px + 1)-wide square neighbourhood)."""
-    if px <= 0:
-        return masks.clone()
-    grown = F.max_pool2d(masks[:, None].float(), kernel_size=2 * px + 1, stride=1, padding=px)
-    return grown[:, 0] > 0.5
-
-
-def _neighbour_sum(values: Tensor, kernel: Tensor) -> Tensor:
-    """Per channel the sum of each pixel's neighbours under `kernel` (3 x 3), zero outside the image."""
-    channels = values.shape[1]
-    weight = kernel.to(values)[None, None].expand(channels, 1, 3, 3)
-    return F.conv2d(values, weight, padding=1, groups=channels)
 
 
 def fill_from_surroundings(images: Tensor, regions: Tensor, cells: Tensor | None = None) -> Tensor:
@@ -57,35 +41,9 @@ def fill_from_surroundings(images: Tensor, regions: Tensor, cells: Tensor | None
     image); region pixels outside the cell are left as they are. A region with no source pixel
     around it at all keeps its pixels.
     """
-    if regions.shape != (images.shape[0], *images.shape[-2:]):
-        raise ValueError(f"regions {tuple(regions.shape)} do not match images {tuple(images.shape)}")
     if cells is None:
         cells = torch.stack([cell_mask(image) for image in images])
-    holes = (regions & cells)[:, None]
-    known = (cells[:, None] & ~holes).float()
-    # Colour and "known" travel as one 4-channel tensor: one convolution per step for both.
-    state = torch.cat([images * known, known], dim=1)
-    remaining = holes.clone()
-    for _ in range(max(images.shape[-2:])):
-        if not bool(remaining.any()):
-            break
-        sums = _neighbour_sum(state, _SQUARE)
-        reached = remaining & (sums[:, 3:] > 0)
-        if not bool(reached.any()):
-            break
-        # Layer by layer from the outside in: each hole pixel next to known pixels takes their mean.
-        update = torch.cat([sums[:, :3] / sums[:, 3:].clamp_min(1.0), torch.ones_like(sums[:, 3:])], dim=1)
-        state = torch.where(reached, update, state)
-        remaining &= ~reached
-    filled = state[:, :3]
-    # Jacobi smoothing of the holes over their 4-neighbours in the cell, the boundary held fixed.
-    inside = (cells[:, None] & ~remaining).float()
-    neighbours = _neighbour_sum(inside, _CROSS).clamp_min(1.0)
-    settled = holes & ~remaining
-    for _ in range(SMOOTHING_STEPS):
-        average = _neighbour_sum(filled * inside, _CROSS) / neighbours
-        filled = torch.where(settled, average, filled)
-    return torch.where(settled, filled, images)
+    return fill_regions(images, regions, cells, SMOOTHING_STEPS)
 
 
 def _centroid(mask: Tensor) -> Tensor:
