@@ -93,6 +93,8 @@ def test_torchrun_trains_one_checkpoint_that_where_to_look_uses(ddp_run, malaria
             "model_malaria_last.best.pt",
             "model_malaria_last.metrics.json",
             "model_malaria_last.test_files.json",
+            "model_malaria_last.history.png",
+            "model_malaria_last.best.scale.json",
         ]
     )
     checkpoint = torch.load(models / CHECKPOINT, weights_only=True)

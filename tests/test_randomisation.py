@@ -44,7 +44,7 @@ def test_shuffle_labels_trains_a_marked_twin_and_evaluate_compares_its_maps(cli,
     twin = load_model(twin_path)
     assert twin.shuffled_labels and "shuffled labels" in twin.marker and not load_model(real_path).marker
 
-    cell = next((malaria_root / "Parasitized").glob("*.png"))
+    cell = next((malaria_root / "cell_images" / "Parasitized").glob("*.png"))
     single = cli("single", "--model", twin_path, "--image", cell, "--out", tmp_path / "out", script="where_to_look.py")
     assert single.returncode == 0 and "trained on shuffled labels" in single.stdout
 

@@ -1076,7 +1076,9 @@ def test_features_of_both_networks_save_every_view_and_number(trained, cells, tm
         )
         assert "class Parasitized" in result.stdout
         names = sorted(p.name for p in pngs(out))
-        assert len(names) == 4 and f"features_{stem}_block{block}_Parasitized.png" in names
+        # The block's channels, the class, block 1's and block 2's filters, and the block's maps.
+        assert len(names) == 5 and f"features_{stem}_block{block}_Parasitized.png" in names
+        assert f"features_{stem}_filters_block2.png" in names
         for png in pngs(out):
             check_png(png)
         with np.load(out / f"features_{stem}_block{block}_Parasitized.npz") as npz:

@@ -20,7 +20,8 @@ from wtl.maps.cam import explain_every_block, explain_last_block
 from wtl.maps.gradcam import block_layers, make_method
 from wtl.maps.ops import pick_classes, upsample
 from wtl.maps.registry import COSTLY_METHODS, GRADIENT_METHODS
-from wtl.nets.seed import Network, NetworkMultiLoss
+from wtl.nets import blocks as net_blocks
+from wtl.nets.seed import NetworkMultiLoss
 
 # The methods a scale is measured for (Score-CAM's forward pass per channel is too costly to run on a test split).
 SCALE_METHODS = ("cam", *(m for m in GRADIENT_METHODS if m not in COSTLY_METHODS))
@@ -45,11 +46,10 @@ def signed_maps(network: nn.Module, method: str, images: Tensor, classes: Tensor
             assert every.evidences is not None
             out = {f"block{i}": e for i, e in enumerate(every.evidences, start=1)}
             return {**out, "last": every.evidences[-1]}
-        if isinstance(network, Network):
-            last = explain_last_block(network, images, classes)
-            assert last.evidence is not None
-            return {"last": last.evidence}
-        raise TypeError(f"the exact CAM needs one of Where to look's GAP networks, not a {type(network).__name__}")
+        # Any network whose head is GAP + one linear layer: the seed Network, ResNet, DenseNet, EfficientNet...
+        last = explain_last_block(network, images, classes)
+        assert last.evidence is not None
+        return {"last": last.evidence}
     if classes is None:
         with torch.no_grad():
             classes = pick_classes(network(images))
@@ -87,6 +87,8 @@ def measure_scale(
         with torch.no_grad():
             classes = pick_classes(network(images))
         for method in methods:
+            if method == "cam" and net_blocks.head_problem(network) is not None:
+                continue  # no exact CAM (VGG's MLP head, ConvNeXt's LayerNorm): the Grad-CAM family only
             for view, raw in signed_maps(network, method, images, classes).items():
                 values = raw.detach().abs().flatten(1).cpu().numpy()
                 if values.shape[1] > KEPT_PER_PICTURE:

@@ -160,6 +160,15 @@ def block_outputs(network: nn.Module, images: Tensor) -> tuple[Tensor, ...]:
     raise TypeError(f"{type(network).__name__} is not one of Where to look's networks")
 
 
+def logits_and_block_outputs(network: nn.Module, images: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """(the logits, every block's or stage's output) in one forward pass, for any network this module maps."""
+    if isinstance(network, TorchvisionNet):
+        logits, outputs = capture(network, [b.output for b in blocks(network)], images)
+        return logits, tuple(outputs)
+    outputs = block_outputs(network, images)
+    return head(network, outputs[-1]), outputs
+
+
 def gap_linear_head(network: nn.Module) -> GapLinearHead | None:
     """The network's head where it is global average pooling + one linear layer (CAM is then exact); else None."""
     if isinstance(network, Network):
