@@ -163,8 +163,8 @@ def block_outputs(network: nn.Module, images: Tensor) -> tuple[Tensor, ...]:
 def logits_and_block_outputs(network: nn.Module, images: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
     """(the logits, every block's or stage's output) in one forward pass, for any network this module maps."""
     if isinstance(network, TorchvisionNet):
-        logits, outputs = capture(network, [b.output for b in blocks(network)], images)
-        return logits, tuple(outputs)
+        logits, captured = capture(network, [b.output for b in blocks(network)], images)
+        return logits, tuple(captured)
     outputs = block_outputs(network, images)
     return head(network, outputs[-1]), outputs
 
