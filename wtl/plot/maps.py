@@ -8,6 +8,7 @@ and only where a display exists.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,6 +71,14 @@ def single_figure(image: np.ndarray, heat: np.ndarray, title: str, caption: str 
     return fig
 
 
+_BAR_END = re.compile(r"end = ±?\S+")
+
+
+def _bar_end(look: Look) -> str:
+    """A shared-scale colour bar's own end, e.g. 'end ±85.4' (0..x for a map that is never negative)."""
+    return f"end ±{look.vmax:.3g}" if look.vmin < 0 else f"0 to {look.vmax:.3g}"
+
+
 def blocks_figure(
     image: np.ndarray,
     mean_heats: Sequence[np.ndarray],
@@ -104,10 +113,15 @@ def blocks_figure(
         artist = overlay(axes[1][i], image, cam_heat, title, own)
         if block_looks:
             bar = fig.colorbar(artist, ax=axes[1][i], location="bottom", fraction=0.05, pad=0.02)
-            bar.set_label(own.label, fontsize=7)
+            # Each bar names only its own end; what the bars mean is said once below (long labels overlap).
+            bar.set_label(_bar_end(own), fontsize=7)
             bar.ax.tick_params(labelsize=7)
     if not block_looks:
         fig.colorbar(artist, ax=list(axes[:, -1]), fraction=0.046, pad=0.02, label=look.label)
+    else:
+        fig.supxlabel(
+            _BAR_END.sub("each bar ends at its block's", block_looks[-1].label.replace("\n", " ")), fontsize=8
+        )
     fig.suptitle(suptitle, fontsize=12)
     return fig
 
