@@ -9,7 +9,7 @@ lines are left out: `make test` is what CI runs around this very test, `make dem
 line runs in the clone's root with empty stdin (a question would end the run), must exit 0,
 and at the end `git status --porcelain` of the clone must be empty: no command writes into
 the repository's tracked files. The blocks fall into independent shards (the trainings with what
-reads their output, and the rest dealt round two more), each on its own clone, so that pytest-xdist
+reads their output, and the rest dealt round three more), each on its own clone, so that pytest-xdist
 runs them side by side.
 """
 
@@ -62,7 +62,7 @@ def command_lines(readme: Path) -> list[str]:
 # A block that trains, or reads what a training wrote (runs/, run1/, run2/), goes with the trainings;
 # the other blocks need only the bundled models and are dealt round the view shards by their length.
 TRAINS = re.compile(r"model_main\.py|torchrun|\bruns?\d*/")
-VIEW_SHARDS = 2
+VIEW_SHARDS = 3
 
 
 def shards() -> dict[str, list[tuple[Path, list[str]]]]:
