@@ -51,6 +51,7 @@ def explain(
     class_index: int | Tensor | None = None,
     fusion: str = DEFAULT_FUSION,
     batch_size: int = 32,
+    layer: str | None = None,
 ) -> Result:
     """Explain pictures with a model (wtl.maps.explain.explain), each judged for being like the training data.
 
@@ -58,7 +59,7 @@ def explain(
     `result.out_of_distribution` (B,) says which pictures are unlike its training pictures and
     `result.ood_score` by how much; `draw` puts it in the title and the npz.
     """
-    result = explain_pictures(model, pictures, method, blocks, class_index, fusion, batch_size)
+    result = explain_pictures(model, pictures, method, blocks, class_index, fusion, batch_size, layer=layer)
     return assess(result)
 
 
