@@ -15,7 +15,7 @@ from conftest import randomise_batch_norm
 from wtl import names
 from wtl.checkpoints.io import save_checkpoint
 from wtl.checkpoints.loading import load_model
-from wtl.checkpoints.scales import ModelScale, read_scale, write_scale
+from wtl.checkpoints.scales import ModelScale, missing_scale_note, read_scale, scale_split, write_scale
 from wtl.maps import cam as cams
 from wtl.maps.explain import explain
 from wtl.maps.ops import evidence_weights
@@ -23,6 +23,7 @@ from wtl.maps.scale import SCALE_METHODS, measure_scale, model_scale
 from wtl.nets.seed import Architecture, Network, NetworkMultiLoss
 from wtl.plot import draw as draw_module
 from wtl.plot.style import EVIDENCE_CMAP, LOOK
+from wtl.resources import bundled_dir
 
 SIZE = 32
 
@@ -242,3 +243,16 @@ def test_scale_command_writes_the_sidecar_once_and_studies_the_brightness(tmp_pa
     )
     assert again.returncode == 0 and "--force measures it again" in again.stdout
     assert isinstance(ModelScale.from_json(json.loads(names.scale_file(path).read_text())), ModelScale)
+
+
+def test_the_scale_split_is_test_then_validation_then_training():
+    assert scale_split({"train": 30, "val": 5, "test": 4}) == "test"
+    assert scale_split({"train": 30, "val": 5, "test": 0}) == "val"
+    assert scale_split({"train": 30}) == "train"
+
+
+def test_the_missing_scale_note_says_how_to_get_one_and_that_a_bundled_model_is_copied_first(tmp_path: Path):
+    own = missing_scale_note(tmp_path / "model_malaria_last.best.pt", "cam")
+    assert "drawn per image" in own and "where_to_look.py scale" in own and "copy" not in own
+    bundled = missing_scale_note(bundled_dir() / "model_gender_last.pt", "gradcam")
+    assert "for gradcam" in bundled and "copy model_gender_last.pt out of models/bundled/" in bundled

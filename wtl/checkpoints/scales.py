@@ -11,15 +11,34 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wtl import names
+from wtl.checkpoints.finding import is_bundled
 from wtl.errors import CheckpointError
 
 # The percentile of |map| over all positions of all test pictures that the colour bar's end stands for.
 SCALE_PERCENTILE = 99.0
+# Which split a scale file is measured on: the test split; a data set without one lends its
+# validation split, and one without either its training split (the file's `source` says which).
+SCALE_SPLITS = ("test", "val", "train")
+
+
+def scale_split(sizes: Mapping[str, int]) -> str:
+    """The split a model's scale file is measured on: the first of SCALE_SPLITS with images in `sizes`."""
+    return next((split for split in SCALE_SPLITS if sizes.get(split, 0) > 0), SCALE_SPLITS[-1])
+
+
+def missing_scale_note(checkpoint: Path, method: str) -> str:
+    """Why a picture asked for on the model's scale is drawn per image, and how to give the model a scale."""
+    where = f"{Path(checkpoint).name} has no shared colour scale for {method} ({names.scale_file(checkpoint).name})"
+    how = "measure it with 'where_to_look.py scale --model CHECKPOINT --data-dir DATA'"
+    if is_bundled(checkpoint):
+        how = f"copy {Path(checkpoint).name} out of models/bundled/ and " + how
+    return f"{where}: drawn per image; {how}"
 
 
 @dataclass(frozen=True)

@@ -74,12 +74,9 @@ def scale_for(asked: str, model: LoadedModel, method: str) -> str:
     """The scale a command draws with: --scale, or 'image' (with a note) where the model has no scale for `method`."""
     if asked != "model" or (model.scale is not None and model.scale.of(method, "last") is not None):
         return asked
-    from wtl import names
+    from wtl.checkpoints.scales import missing_scale_note
 
-    print(
-        f"note: {model.path.name} has no shared colour scale for {method} ({names.scale_file(model.path).name}): "
-        f"drawn per image; measure it with '{SCRIPT} scale --model {model.path} --data-dir DATA'"
-    )
+    print(f"note: {missing_scale_note(model.path, method)}")
     return "image"
 
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wtl.cli import common
 from wtl.cli.evaluate import data_flags
+
+if TYPE_CHECKING:
+    from wtl.checkpoints.loading import LoadedModel
 
 SUMMARY = "measure a model's shared colour scale (written beside the checkpoint) and the pictures' brightness"
 EXAMPLE = "python where_to_look.py scale --model runs/model_malaria_last.best.pt --data-dir ~/cell_images"
@@ -15,6 +19,8 @@ EXAMPLE = "python where_to_look.py scale --model runs/model_malaria_last.best.pt
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of `scale`."""
     data_flags(p, required=True)
+    # Unless --split says otherwise, the split a scale file is measured on (test, else val, else train).
+    p.set_defaults(split=None)
     common.model_flags(p)
     p.add_argument("--batch-size", type=common.positive, default=64, help="images per batch")
     p.add_argument("--bootstrap", type=common.positive, default=None, metavar="N", help="bootstrap replicates")
@@ -25,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> list[Path]:
-    """Measure the scale on the test split (written beside a checkpoint that lacks it), then the brightness study."""
+    """Measure the scale (on the split scale_split picks; written beside a checkpoint that lacks it), then the study."""
     from torch.utils.data import DataLoader
 
     from wtl import names
@@ -42,6 +48,8 @@ def run(args: argparse.Namespace) -> list[Path]:
 
     device = pick_device(args.device)
     model = common.open_model(args.model, "malaria", args.models_dir, device)
+    if args.split is None:
+        args.split = _scale_split(model, args)
     dataset = dataset_of(model, args)
     sidecar = names.scale_file(model.path)
     written: list[Path] = []
@@ -54,8 +62,9 @@ def run(args: argparse.Namespace) -> list[Path]:
             scale = model_scale(
                 model.network, batches, f"{args.split} split of {args.data_dir.name} ({len(dataset)} images)"
             )
-        if args.split != "test":
-            print(f"note: a model's scale is measured on its test split; measured on {args.split}, nothing written")
+        kept = args.split if args.split == "test" else _scale_split(model, args)  # a test split with images wins
+        if args.split != kept:
+            print(f"note: a model's scale file is measured on its {kept} split; on {args.split}, nothing is written")
         elif is_bundled(model.path):
             print(f"note: bundled checkpoints ship their scale file; {sidecar.name} is not written")
         else:
@@ -77,3 +86,18 @@ def run(args: argparse.Namespace) -> list[Path]:
     outputs = Outputs(args.out, False)
     outputs.json({"model": str(model.path), "split": args.split, **summary}, f"scale_{model.name}_{args.split}")
     return written + outputs.written
+
+
+def _scale_split(model: LoadedModel, args: argparse.Namespace) -> str:
+    """The split of --data-dir a scale file is measured on (checkpoints.scales.scale_split)."""
+    from wtl.checkpoints.scales import SCALE_SPLITS, scale_split
+    from wtl.cli.evaluate import dataset_of
+    from wtl.errors import UsageError
+
+    sizes = {}
+    for split in SCALE_SPLITS:
+        try:
+            sizes[split] = len(dataset_of(model, argparse.Namespace(**{**vars(args), "split": split}), note=False))
+        except UsageError:  # an empty split
+            sizes[split] = 0
+    return scale_split(sizes)

@@ -17,6 +17,7 @@ import torch
 from matplotlib.figure import Figure
 
 from wtl import names
+from wtl.checkpoints.scales import missing_scale_note
 from wtl.maps.explain import Result
 from wtl.maps.registry import DEFAULT_SCALE, SCALES, SIGNED_METHODS
 from wtl.plot.maps import blocks_figure, contact_sheet, overlay, single_figure
@@ -67,12 +68,8 @@ def draw(
 
 
 def no_scale_note(result: Result) -> str:
-    """Why a picture asked for on the model's scale is drawn per image."""
-    return (
-        f"{result.model.path.name} has no shared colour scale for {result.method} "
-        f"({names.scale_file(result.model.path).name}): drawn per image; "
-        "measure it with 'where_to_look.py scale --model ... --data-dir ...'"
-    )
+    """Why a picture asked for on the model's scale is drawn per image (checkpoints.scales words it)."""
+    return missing_scale_note(result.model.path, result.method)
 
 
 def signed(method: str) -> bool:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from wtl import names
 from wtl.checkpoints.io import load_checkpoint, save_checkpoint
-from wtl.checkpoints.scales import write_scale
+from wtl.checkpoints.scales import scale_split, write_scale
 from wtl.data import augment as augmentations
 from wtl.data.cache import DatasetCache
 from wtl.data.datasets import DATASETS
@@ -264,14 +264,10 @@ def store_ood_statistics(
 def _write_scale(
     network: torch.nn.Module, splits: TrainingSplits, config: TrainConfig, device: torch.device, best: Path
 ) -> Path:
-    """Measure the model's shared colour scale (maps.scale) on its test split and write it beside the best weights.
-
-    Without test images the validation split stands in, and without those the training split;
-    the sidecar says which.
-    """
-    split, name = next(
-        ((s, n) for s, n in ((splits.test, "test"), (splits.val, "validation")) if s.samples), (splits.train, "train")
-    )
+    """Measure the model's shared colour scale (maps.scale) on the split scale_split picks; write it beside `best`."""
+    by_name = {"test": splits.test, "val": splits.val, "train": splits.train}
+    name = scale_split({key: len(split.samples) for key, split in by_name.items()})
+    split = by_name[name]
     cache = DatasetCache(split).fill(config.workers, f"decoding {name} for the colour scale")
     loader = DataLoader(cache, batch_size=64)
     with eval_mode(network):
