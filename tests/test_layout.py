@@ -153,6 +153,18 @@ def test_batch_size_is_honoured_by_single_multi_and_gender100(monkeypatch, tmp_p
 
 
 @pytest.mark.slow
+def test_every_name_import_wtl_lists_is_the_api_module_s_own() -> None:
+    # wtl/__init__.py lists the API once and loads it lazily from wtl.api.
+    import wtl
+    from wtl import api
+
+    assert set(wtl.__all__) <= set(dir(wtl))
+    for name in wtl.__all__:
+        assert getattr(wtl, name) is getattr(api, name)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = wtl.nope
+
+
 def test_the_api_gives_the_arrays_single_and_multi_save(tmp_path: Path) -> None:
     import wtl
 

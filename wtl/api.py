@@ -15,32 +15,22 @@ from pathlib import Path
 
 from torch import Tensor
 
-from wtl.checkpoints.loading import LoadedModel, load_model
+# `X as X`: re-exported, the names wtl/__init__.py's __all__ lists (the one list of the API).
+from wtl.checkpoints.loading import LoadedModel as LoadedModel
+from wtl.checkpoints.loading import load_model as load_model
 from wtl.data.datasets import dataset_kind, model_dataset
-from wtl.evaluation.driver import EvaluateOptions
+from wtl.evaluation.driver import EvaluateOptions as EvaluateOptions
 from wtl.evaluation.driver import evaluate as evaluate_dataset
 from wtl.evaluation.inputs import Images
-from wtl.evaluation.result import EvaluationResult
-from wtl.maps.explain import Picture, Result
+from wtl.evaluation.result import EvaluationResult as EvaluationResult
+from wtl.maps.explain import Picture
+from wtl.maps.explain import Result as Result
 from wtl.maps.explain import explain as explain_pictures
 from wtl.maps.registry import DEFAULT_FUSION, DEFAULT_METHOD
-from wtl.metrics.erasure import Erasure
+from wtl.metrics.erasure import Erasure as Erasure
 from wtl.metrics.erasure import erase as erase_pictures
 from wtl.metrics.ood import assess
-from wtl.plot.draw import draw
-
-__all__ = [
-    "EvaluateOptions",
-    "EvaluationResult",
-    "Erasure",
-    "LoadedModel",
-    "Result",
-    "draw",
-    "erase",
-    "evaluate",
-    "explain",
-    "load_model",
-]
+from wtl.plot.draw import draw as draw
 
 
 def explain(
