@@ -39,7 +39,7 @@ def test_dream_raises_the_chosen_channels_and_keeps_the_size(kind: str) -> None:
     network = small(kind)
     image = 0.35 + 0.3 * picture()  # mid-grey noise: room to move both ways before the [0, 1] clamp
     channels = torch.tensor([1, 5])  # channel 5 is silent on it (its block output is negative everywhere)
-    dreamed = dream.dream_channels(network, image, 2, channels, octaves=3, steps=10, lr=0.03)
+    dreamed = dream.dream_channels(network, image, 2, channels, dream.Ascent(octaves=3, steps=10, lr=0.03))
     assert dreamed.image.shape == image.shape  # 40 x 56 stays 40 x 56
     assert float(dreamed.image.min()) >= 0.0 and float(dreamed.image.max()) <= 1.0
     before = dream.channel_means(network, image, 2, channels)
@@ -48,9 +48,9 @@ def test_dream_raises_the_chosen_channels_and_keeps_the_size(kind: str) -> None:
     # The objective is the channels' mean before the ReLU: it rises for the silent channel too.
     assert dreamed.objective_after > dreamed.objective_before + 0.1
     # The same seed, the same dream; another seed jitters differently.
-    again = dream.dream_channels(network, image, 2, channels, octaves=3, steps=10, lr=0.03)
+    again = dream.dream_channels(network, image, 2, channels, dream.Ascent(octaves=3, steps=10, lr=0.03))
     assert torch.equal(again.image, dreamed.image)
-    other = dream.dream_channels(network, image, 2, channels, octaves=3, steps=10, lr=0.03, seed=1)
+    other = dream.dream_channels(network, image, 2, channels, dream.Ascent(octaves=3, steps=10, lr=0.03, seed=1))
     assert not torch.equal(other.image, dreamed.image)
 
 
@@ -62,7 +62,7 @@ def test_dreaming_a_class_raises_its_logit_and_leaves_the_network_alone() -> Non
     modes = [m.training for m in network.modules()]
     state = copy.deepcopy(network.state_dict())
     image = load_image(DEMO[0], 64)
-    dreamed = dream.dream_class(network, image, 1, octaves=2, steps=6)
+    dreamed = dream.dream_class(network, image, 1, dream.Ascent(octaves=2, steps=6))
     assert dreamed.image.shape == (3, 64, 64)
     assert dreamed.objective_after > dreamed.objective_before + 2.0  # the Parasitized logit of an uninfected cell
     assert [m.training for m in network.modules()] == modes

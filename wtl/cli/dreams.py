@@ -28,7 +28,7 @@ def dream_pictures(
     from wtl import names
     from wtl.data.images import load_batch, resolve_images
     from wtl.features.channels import chosen_channels, class_channels
-    from wtl.features.dream import DEFAULT_OCTAVE_SCALE, channel_means, dream_channels, dream_class
+    from wtl.features.dream import Ascent, channel_means, dream_channels, dream_class
     from wtl.features.stages import block_head
     from wtl.plot import features as figures
 
@@ -47,16 +47,17 @@ def dream_pictures(
         what = f"block {block} channels {', '.join(map(str, channels.tolist()))}"
     else:
         what = f"the {classes[class_index]} logit"
+    ascent = Ascent(args.octaves, args.dream_steps, args.seed)
     print(
-        f"dreaming {len(files)} pictures: raising {what}; {args.octaves} octaves x {args.dream_steps} steps, "
-        f"seed {args.seed}"
+        f"dreaming {len(files)} pictures: raising {what}; {ascent.octaves} octaves x {ascent.steps} steps, "
+        f"seed {ascent.seed}"
     )
     stem = names.features_stem(model.path)
     for path, image in zip(files, images):
         if channels is not None:
-            dreamed = dream_channels(network, image, block, channels, args.octaves, args.dream_steps, args.seed)
+            dreamed = dream_channels(network, image, block, channels, ascent)
         else:
-            dreamed = dream_class(network, image, class_index, args.octaves, args.dream_steps, args.seed)
+            dreamed = dream_class(network, image, class_index, ascent)
         with torch.no_grad():
             before = network(image[None]).softmax(dim=1)[0].cpu()
             after = network(dreamed.image[None].to(device)).softmax(dim=1)[0].cpu()
@@ -69,10 +70,10 @@ def dream_pictures(
             "probabilities_after": after.numpy(),
             "class_names": np.array(classes),
             "amplify": args.amplify,
-            "octaves": args.octaves,
-            "octave_scale": DEFAULT_OCTAVE_SCALE,
-            "steps": args.dream_steps,
-            "seed": args.seed,
+            "octaves": ascent.octaves,
+            "octave_scale": ascent.octave_scale,
+            "steps": ascent.steps,
+            "seed": ascent.seed,
             "picture": str(path),
         }
         line = f"{path.name}: "

@@ -42,6 +42,17 @@ JITTER_PX = 4
 Objective = Callable[[Tensor], Tensor]  # images (N, 3, H, W) -> (N,) to be raised
 
 
+@dataclass(frozen=True)
+class Ascent:
+    """How a picture is dreamed: octaves, steps per octave, the jitter's seed, the octave scale, the step size."""
+
+    octaves: int = DEFAULT_OCTAVES
+    steps: int = DEFAULT_STEPS
+    seed: int = 0
+    octave_scale: float = DEFAULT_OCTAVE_SCALE
+    lr: float = DEFAULT_LR  # mean pixel change per step
+
+
 @dataclass
 class Dream:
     """A dreamed picture and how much of the objective it gained."""
@@ -91,15 +102,7 @@ def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def dream(
-    network: nn.Module,
-    image: Tensor,
-    objective: Objective,
-    octaves: int = DEFAULT_OCTAVES,
-    steps: int = DEFAULT_STEPS,
-    seed: int = 0,
-    octave_scale: float = DEFAULT_OCTAVE_SCALE,
-    lr: float = DEFAULT_LR,
-    smallest: int = 16,
+    network: nn.Module, image: Tensor, objective: Objective, ascent: Ascent = Ascent(), smallest: int = 16
 ) -> Dream:
     """Ascend `objective` from the picture (3, H, W) in [0, 1] over octaves; the result has the picture's size.
 
@@ -108,27 +111,27 @@ def dream(
     """
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"a picture is (3, H, W), not {tuple(image.shape)}")
-    if steps < 0:
-        raise ValueError(f"steps must be 0 or more, not {steps}")
+    if ascent.steps < 0:
+        raise ValueError(f"steps must be 0 or more, not {ascent.steps}")
     device = device_of(network)
     original = image.detach().float().to(device)[None].clamp(0.0, 1.0)
     height, width = original.shape[-2:]
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(ascent.seed)
     with frozen(network):
         with torch.no_grad():
             before = float(objective(original)[0])
         detail = torch.zeros_like(original)
         picture = original
-        for size in octave_sizes(height, width, octaves, octave_scale, smallest):
+        for size in octave_sizes(height, width, ascent.octaves, ascent.octave_scale, smallest):
             base = _resize(original, size)
             picture = (base + _resize(detail, size)).clamp(0.0, 1.0)
-            for _ in range(steps):
+            for _ in range(ascent.steps):
                 dy, dx = (int(v) for v in torch.randint(-JITTER_PX, JITTER_PX + 1, (2,), generator=generator))
                 shifted = torch.roll(picture, (dy, dx), dims=(2, 3)).requires_grad_(True)
                 with torch.enable_grad():
                     (gradient,) = torch.autograd.grad(objective(shifted).sum(), shifted)
                 gradient = torch.roll(gradient, (-dy, -dx), dims=(2, 3))
-                step = lr * gradient / gradient.abs().mean().clamp_min(1e-12)
+                step = ascent.lr * gradient / gradient.abs().mean().clamp_min(1e-12)
                 picture = (picture + step).clamp(0.0, 1.0).detach()
             detail = picture - base
         dreamed = _resize(picture, (height, width)).clamp(0.0, 1.0)
@@ -137,39 +140,16 @@ def dream(
     return Dream(dreamed[0].cpu(), before, after)
 
 
-def dream_channels(
-    network: nn.Module,
-    image: Tensor,
-    block: int,
-    channels: Tensor,
-    octaves: int = DEFAULT_OCTAVES,
-    steps: int = DEFAULT_STEPS,
-    seed: int = 0,
-    octave_scale: float = DEFAULT_OCTAVE_SCALE,
-    lr: float = DEFAULT_LR,
-) -> Dream:
+def dream_channels(network: nn.Module, image: Tensor, block: int, channels: Tensor, ascent: Ascent = Ascent()) -> Dream:
     """The picture with block `block`'s chosen channels amplified (`dream` with `channel_objective`)."""
     check_block(block, block_count(network))
     smallest = 2**block  # every block halves the picture: below this the block has no pixels left
-    objective = channel_objective(network, block, channels)
-    return dream(network, image, objective, octaves, steps, seed, octave_scale, lr, smallest)
+    return dream(network, image, channel_objective(network, block, channels), ascent, smallest)
 
 
-def dream_class(
-    network: nn.Module,
-    image: Tensor,
-    class_index: int,
-    octaves: int = DEFAULT_OCTAVES,
-    steps: int = DEFAULT_STEPS,
-    seed: int = 0,
-    octave_scale: float = DEFAULT_OCTAVE_SCALE,
-    lr: float = DEFAULT_LR,
-) -> Dream:
+def dream_class(network: nn.Module, image: Tensor, class_index: int, ascent: Ascent = Ascent()) -> Dream:
     """The picture with the evidence for a class amplified (`dream` with `class_objective`)."""
-    smallest = 2 ** block_count(network)
-    return dream(
-        network, image, class_objective(network, class_index), octaves, steps, seed, octave_scale, lr, smallest
-    )
+    return dream(network, image, class_objective(network, class_index), ascent, 2 ** block_count(network))
 
 
 def channel_means(network: nn.Module, image: Tensor, block: int, channels: Tensor) -> Tensor:
