@@ -236,3 +236,24 @@ def cli():
 def error_lines(stderr: str) -> list[str]:
     """The lines of stderr that the CLIs' one-line error reports start with."""
     return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Start the README's shards first, dealt round the xdist workers: each is one long test.
+
+    The work-stealing scheduler hands worker k the k-th contiguous run of the collection, and a
+    worker can only be robbed of tests it has not started; so the shards go to the front of the
+    runs, one worker after the other, and a shard never starts last and runs alone at the end.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    shards = [item for item in items if "test_every_readme_command_runs_on_a_fresh_clone" in item.nodeid]
+    rest = [item for item in items if item not in shards]
+    runs: list[list[pytest.Item]] = [shards[k::workers] for k in range(workers)]
+    left = len(items)
+    for k, run in enumerate(runs):  # the scheduler's run sizes: what is left, split evenly
+        size = left // (workers - k)
+        left -= size
+        take = max(0, size - len(run))
+        run.extend(rest[:take])
+        del rest[:take]
+    items[:] = [item for run in runs for item in run] + rest

@@ -8,9 +8,9 @@ lines are left out: `make test` is what CI runs around this very test, `make dem
 `python where_to_look.py demo` plus the install, and `make benchmark` times the machine. Each
 line runs in the clone's root with empty stdin (a question would end the run), must exit 0,
 and at the end `git status --porcelain` of the clone must be empty: no command writes into
-the repository's tracked files. The blocks fall into independent shards (the trainings with what
-reads their output, and the rest dealt round three more), each on its own clone, so that pytest-xdist
-runs them side by side.
+the repository's tracked files. The blocks fall into independent shards (each group of trainings that
+share a model folder with what reads their output, and the rest dealt round three more), each on its
+own clone, so that pytest-xdist runs them side by side; conftest.py starts them first.
 """
 
 from __future__ import annotations
@@ -63,21 +63,48 @@ def command_lines(readme: Path) -> list[str]:
 # the other blocks need only the bundled models and are dealt round the view shards by their length.
 TRAINS = re.compile(r"model_main\.py|torchrun|\bruns?\d*/")
 VIEW_SHARDS = 3
+# The folders a training block writes or reads: --models-dir X, a checkpoint path under runs/ or run1/,
+# and models/ for a training without --models-dir. Blocks that share one are a group; every group is a
+# shard of its own, since a shard's clone sees only what its own blocks wrote.
+MODELS_DIR = re.compile(r"--models-dir\s+(\S+)")
+RUN_PATH = re.compile(r"(?<![\w/.-])(runs/[\w.-]+|runs?\d*)/[\w.-]+\.pt\b")
+
+
+def folders(block: list[str]) -> set[str]:
+    """The model folders a training block's lines write or read."""
+    found = set()
+    for line in block:
+        found |= {m.rstrip("/") for m in MODELS_DIR.findall(line)} | set(RUN_PATH.findall(line))
+        if "model_main.py" in line and "--models-dir" not in line:
+            found.add("models")
+    return found
+
+
+def training_groups(blocks: list[tuple[Path, list[str]]]) -> list[list[tuple[Path, list[str]]]]:
+    """The training blocks in groups, blocks that share a model folder in one group; in README order."""
+    groups: list[tuple[set[str], list[int]]] = []  # (folders, indices of the blocks)
+    for index, (_, block) in enumerate(blocks):
+        keys = folders(block)
+        joined = [group for group in groups if group[0] & keys]
+        groups = [group for group in groups if not group[0] & keys]
+        groups.append((keys.union(*(k for k, _ in joined)), sorted([index, *(i for _, m in joined for i in m)])))
+    return [[blocks[i] for i in members] for _, members in sorted(groups, key=lambda group: group[1][0])]
 
 
 def shards() -> dict[str, list[tuple[Path, list[str]]]]:
-    """The READMEs' blocks in independent groups, each run on its own clone: 'train' and 'views-1'...; in order."""
-    out: dict[str, list[tuple[Path, list[str]]]] = {"train": []} | {f"views-{k + 1}": [] for k in range(VIEW_SHARDS)}
+    """The READMEs' blocks in independent groups, each run on its own clone: 'train-1'... and 'views-1'...; in order."""
+    trainings: list[tuple[Path, list[str]]] = []
+    views: dict[str, list[tuple[Path, list[str]]]] = {f"views-{k + 1}": [] for k in range(VIEW_SHARDS)}
     load = [0] * VIEW_SHARDS
     for readme in READMES:
         for block in command_blocks(readme):
             if any(TRAINS.search(line) for line in block):
-                out["train"].append((readme, block))
+                trainings.append((readme, block))
             else:
                 lightest = load.index(min(load))
-                out[f"views-{lightest + 1}"].append((readme, block))
+                views[f"views-{lightest + 1}"].append((readme, block))
                 load[lightest] += len(block)
-    return out
+    return {f"train-{k + 1}": group for k, group in enumerate(training_groups(trainings))} | views
 
 
 def test_the_shards_hold_every_block_once() -> None:
@@ -85,6 +112,14 @@ def test_the_shards_hold_every_block_once() -> None:
     every = [line for readme in READMES for line in command_lines(readme)]
     assert sorted(dealt) == sorted(every) and len(every) >= 20
     assert all(shards().values())
+    # What a block reads was trained in its own shard: no two training shards share a model folder.
+    trained = [
+        set().union(*(folders(block) for _, block in shard)) for name, shard in shards().items() if "train" in name
+    ]
+    assert len(trained) >= 3 and all(not (a & b) for i, a in enumerate(trained) for b in trained[i + 1 :])
+    assert folders(["python where_to_look.py single --model runs/resnet18/model_malaria_resnet18.best.pt"]) == {
+        "runs/resnet18"
+    }
 
 
 def test_the_readmes_have_commands_and_every_one_parses() -> None:
@@ -131,7 +166,7 @@ def served_checkpoint(tmp_path: Path):
 def placeholders(root: Path) -> dict[str, str]:
     """Generated data for every placeholder the READMEs use."""
     rng = np.random.default_rng(0)
-    data = build_malaria(root / "malaria", patients=range(1, 25))
+    data = build_malaria(root / "malaria", patients=[*range(1, 17), 20])  # test: C6, C20; val: C9, C11
     my_cells = root / "my_cells"
     for offset, name in ((0, "Parasitized"), (100, "Uninfected")):
         (my_cells / name).mkdir(parents=True)
