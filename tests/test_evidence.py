@@ -162,15 +162,21 @@ def test_heatmap_shared_in_the_npz_is_what_the_default_picture_draws(tmp_path: P
                 np.testing.assert_allclose(npz["evidence"], npz["evidence_block4"])
 
 
-def test_scale_image_draws_the_per_image_stretch_and_a_model_without_scale_falls_back(tmp_path: Path, monkeypatch):
-    drawn = []
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """(heat, look) of every single-view figure drawn, in order (the real figure is still drawn)."""
+    calls = []
     original = draw_module.single_figure
 
     def spy(image, heat, title, caption="", look=LOOK):
-        drawn.append((heat, look))
+        calls.append((heat, look))
         return original(image, heat, title, caption, look)
 
     monkeypatch.setattr(draw_module, "single_figure", spy)
+    return calls
+
+
+def test_scale_image_draws_the_per_image_stretch_and_a_model_without_scale_falls_back(tmp_path: Path, drawn):
     model = load_model(checkpoint_with_scale(tmp_path))
     pictures = torch.rand(1, 3, SIZE, SIZE)
     result = explain(model, pictures)
@@ -189,15 +195,7 @@ def test_scale_image_draws_the_per_image_stretch_and_a_model_without_scale_falls
     np.testing.assert_array_equal(drawn[-1][0], explain(bare, pictures).heatmap[0].numpy())
 
 
-def test_grad_cam_family_draws_on_its_own_unitless_scale(tmp_path: Path, monkeypatch):
-    drawn = []
-    original = draw_module.single_figure
-
-    def spy(image, heat, title, caption="", look=LOOK):
-        drawn.append((heat, look))
-        return original(image, heat, title, caption, look)
-
-    monkeypatch.setattr(draw_module, "single_figure", spy)
+def test_grad_cam_family_draws_on_its_own_unitless_scale(tmp_path: Path, drawn):
     model = load_model(checkpoint_with_scale(tmp_path))
     result = explain(model, torch.rand(1, 3, SIZE, SIZE), method="gradcam")
     assert result.evidence is None  # no exact units for Grad-CAM
