@@ -223,7 +223,7 @@ def test_scale_command_writes_the_sidecar_once_and_studies_the_brightness(tmp_pa
     )
     assert result.returncode == 0, result.stderr
     assert names.scale_file(path).is_file() and "shared colour scale:" in result.stdout
-    assert "brightness of the default picture" in result.stdout and "healthy/infected" in result.stdout
+    assert "brightness of the default picture" in result.stdout and "Uninfected/Parasitized" in result.stdout
     study = json.loads((tmp_path / "out" / "scale_model_malaria_last_test.json").read_text())
     assert study["classes"]["Uninfected"]["image_peak"] == pytest.approx(1.0)
     assert study["unit"] == "patient" and study["pointing_counted"] > 0

@@ -242,13 +242,13 @@ def format_study(summary: dict[str, Any], class_names: list[str]) -> str:
         )
     if "model_peak_ratio" in summary:
         lines.append(
-            f"{'healthy/infected':<20}  "
+            f"{class_names[0] + '/' + class_names[1]:<20}  "  # class 0 over class 1: healthy over infected
             + "".join(
                 f"{cell(summary[k + '_ratio'], summary[k + '_ratio_ci95']):>24}"
                 for k in ("image_peak", "image_mean", "model_peak", "model_mean")
             )
         )
-    lines += ["", "the evidence of cells predicted right (log-odds of their class against the other):"]
+    lines += ["", "the evidence of pictures predicted right (log-odds of their class against the other):"]
     lines.append(
         f"{'class':<14}{'n':>6}{'peak':>22}{'log-odds':>22}{'bias':>22}{'top-10% share':>22}{'on cell / area':>22}"
     )
