@@ -152,7 +152,6 @@ def test_batch_size_is_honoured_by_single_multi_and_gender100(monkeypatch, tmp_p
 # --------------------------------------------------------------------------- the API and the CLI agree
 
 
-@pytest.mark.slow
 def test_every_name_import_wtl_lists_is_the_api_module_s_own() -> None:
     # wtl/__init__.py lists the API once and loads it lazily from wtl.api.
     import wtl
@@ -165,6 +164,7 @@ def test_every_name_import_wtl_lists_is_the_api_module_s_own() -> None:
         _ = wtl.nope
 
 
+@pytest.mark.slow
 def test_the_api_gives_the_arrays_single_and_multi_save(tmp_path: Path) -> None:
     import wtl
 

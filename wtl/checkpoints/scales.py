@@ -35,9 +35,11 @@ def scale_split(sizes: Mapping[str, int]) -> str:
 def missing_scale_note(checkpoint: Path, method: str) -> str:
     """Why a picture asked for on the model's scale is drawn per image, and how to give the model a scale."""
     where = f"{Path(checkpoint).name} has no shared colour scale for {method} ({names.scale_file(checkpoint).name})"
-    how = "measure it with 'where_to_look.py scale --model CHECKPOINT --data-dir DATA'"
     if is_bundled(checkpoint):
-        how = f"copy {Path(checkpoint).name} out of models/bundled/ and " + how
+        how = f"copy {Path(checkpoint).name} out of models/bundled/ and measure it with 'where_to_look.py scale "
+        how += "--model COPY --data-dir DATA'"
+    else:
+        how = f"measure it with 'where_to_look.py scale --model {checkpoint} --data-dir DATA'"
     return f"{where}: drawn per image; {how}"
 
 

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> list[Path]:
 
     device = pick_device(args.device)
     model = common.open_model(args.model, "malaria", args.models_dir, device)
-    if args.split is None:
+    asked = args.split
+    if asked is None:
         args.split = _scale_split(model, args)
     dataset = dataset_of(model, args)
     sidecar = names.scale_file(model.path)
@@ -62,7 +63,8 @@ def run(args: argparse.Namespace) -> list[Path]:
             scale = model_scale(
                 model.network, batches, f"{args.split} split of {args.data_dir.name} ({len(dataset)} images)"
             )
-        kept = args.split if args.split == "test" else _scale_split(model, args)  # a test split with images wins
+        # The split asked for is kept where it is the scale split (picked above, or a test split with images).
+        kept = args.split if asked in (None, "test") else _scale_split(model, args)
         if args.split != kept:
             print(f"note: a model's scale file is measured on its {kept} split; on {args.split}, nothing is written")
         elif is_bundled(model.path):
