@@ -224,8 +224,8 @@ def test_deletion_and_insertion_reward_the_map_that_points_at_the_evidence() -> 
     good[:, 12:20, 12:20] += 1.0
     bad = torch.rand(4, 32, 32) * 0.1
     bad[:, :8, :8] += 1.0  # hot on a corner that does not matter
-    good_del, good_ins = faithfulness.deletion_insertion(model, images, good, 1, steps=16)
-    bad_del, bad_ins = faithfulness.deletion_insertion(model, images, bad, 1, steps=16)
+    good_del, good_ins = faithfulness.deletion_insertion(model, images, good, 1, grid=16)
+    bad_del, bad_ins = faithfulness.deletion_insertion(model, images, bad, 1, grid=16)
     assert good_del.shape == good_ins.shape == (4,)
     assert ((good_del >= 0) & (good_del <= 1) & (good_ins >= 0) & (good_ins <= 1)).all()
     assert (good_del < bad_del - 0.3).all() and (good_ins > bad_ins + 0.3).all()
@@ -237,8 +237,8 @@ def test_deletion_insertion_of_an_image_does_not_depend_on_its_batch() -> None:
     model = purple_detector()
     batch = torch.stack([cell.image for cell in cell_set(6, seed=6)]).float() / 255
     heat = torch.rand(6, SIZE, SIZE)
-    together = faithfulness.deletion_insertion(model, batch, heat, 1, steps=4)
-    alone = faithfulness.deletion_insertion(model, batch[3:4], heat[3:4], torch.tensor([1]), steps=4)
+    together = faithfulness.deletion_insertion(model, batch, heat, 1, grid=4)
+    alone = faithfulness.deletion_insertion(model, batch[3:4], heat[3:4], torch.tensor([1]), grid=4)
     torch.testing.assert_close(alone[0][0], together[0][3])
     torch.testing.assert_close(alone[1][0], together[1][3])
 
@@ -247,12 +247,54 @@ def test_faithfulness_refuses_bad_arguments_and_keeps_the_models_mode() -> None:
     model = purple_detector().train()
     images = torch.rand(2, 3, SIZE, SIZE)
     with pytest.raises(ValueError, match="steps"):
-        faithfulness.deletion_insertion(model, images, torch.rand(2, SIZE, SIZE), 1, steps=0)
+        faithfulness.deletion_insertion(model, images, torch.rand(2, SIZE, SIZE), 1, grid=0)
     with pytest.raises(ValueError, match="do not match"):
         faithfulness.deletion_insertion(model, images, torch.rand(2, 8, 8), 1)
-    faithfulness.deletion_insertion(model, images, torch.rand(2, SIZE, SIZE), 1, steps=2)
+    faithfulness.deletion_insertion(model, images, torch.rand(2, SIZE, SIZE), 1, grid=2)
     faithfulness.drop_and_increase(model, images, torch.rand(2, SIZE, SIZE), 1)
     assert all(module.training for module in model.modules())
+
+
+def test_several_maps_get_the_curves_each_gets_alone_and_the_ends_are_asked_once() -> None:
+    torch.manual_seed(3)
+    model = purple_detector()
+    batch = torch.stack([cell.image for cell in cell_set(4, seed=8)]).float() / 255
+    maps = {"a": torch.rand(4, SIZE, SIZE), "b": torch.rand(4, SIZE, SIZE), "c": torch.rand(4, SIZE, SIZE)}
+    calls: list[int] = []
+    handle = model.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    together = faithfulness.deletion_insertion_of_maps(model, batch, maps, 1)
+    handle.remove()
+    for key, heat in maps.items():
+        alone = faithfulness.deletion_insertion(model, batch, heat, 1)
+        torch.testing.assert_close(together[key][0], alone[0])
+        torch.testing.assert_close(together[key][1], alone[1])
+    # The image and its blurred copy once for the three maps, then each inner node's 2 x 3 x 4 pictures at once.
+    inner = len(faithfulness.FRACTIONS) - 2
+    assert calls == [2 * 4] + [2 * 3 * 4] * inner
+    drops = faithfulness.drop_and_increase_of_maps(model, batch, maps, 1)
+    for key, heat in maps.items():
+        alone_drop = faithfulness.drop_and_increase(model, batch, heat, 1)
+        torch.testing.assert_close(drops[key][0], alone_drop[0])
+        assert torch.equal(drops[key][1], alone_drop[1])
+
+
+def test_the_default_grid_is_fine_near_zero_and_a_grid_must_rise_from_0_to_1() -> None:
+    nodes = faithfulness.fractions_of()
+    assert nodes == faithfulness.FRACTIONS and nodes[0] == 0 and nodes[-1] == 1
+    assert all(b > a for a, b in zip(nodes, nodes[1:])) and nodes[1] <= 1 / 64
+    assert faithfulness.fractions_of(4) == (0, 0.25, 0.5, 0.75, 1)
+    assert faithfulness.fractions_of([0, 0.1, 1]) == (0, 0.1, 1)
+    for bad in ([0.1, 1], [0, 0.5, 0.5, 1], [0, 0.9], [0]):
+        with pytest.raises(ValueError, match="rises from 0 to 1"):
+            faithfulness.fractions_of(bad)
+    # Whatever the map, deletion runs from the picture to its blurred copy and insertion back.
+    torch.manual_seed(4)
+    model, images = CentreModel(), torch.rand(2, 3, 32, 32)
+    curves = faithfulness.curves_of_maps(model, images, {0: torch.rand(2, 32, 32)}, 1, [0, 0.5, 1])[0]
+    whole, gone = (model(x).softmax(1)[:, 1] for x in (images, faithfulness.blurred(images)))
+    assert curves.shape == (2, 3, 2)
+    for got, expected in ((curves[0, 0], whole), (curves[0, -1], gone), (curves[1, 0], gone), (curves[1, -1], whole)):
+        torch.testing.assert_close(got, expected)
 
 
 def test_average_drop_and_increase_follow_the_grad_cam_plus_plus_definitions() -> None:
@@ -283,7 +325,7 @@ def test_blurred_keeps_shape_and_colour_for_any_size() -> None:
 def test_a_right_model_points_at_the_parasite_and_a_scrambled_one_does_not(cells: list[Cell]) -> None:
     data = as_dataset(cells)
     methods = ["cam", "gradcam", "hirescam"]
-    right = driver.evaluate(Loaded(purple_detector()), data, methods, progress=False, steps=4)
+    right = driver.evaluate(Loaded(purple_detector()), data, methods, progress=False, grid=4)
     scrambled = Loaded(scramble_convolutions(purple_detector()))
     wrong = driver.evaluate(scrambled, data, methods, progress=False, faithfulness=False)
     json.dumps(right.to_json())  # JSON-able as is
@@ -305,7 +347,7 @@ def test_evaluate_every_block_model_reports_each_block_and_the_fused_map(cells: 
     torch.manual_seed(0)
     network = NetworkMultiLoss().eval()
     model, data = Loaded(network, kind="every"), as_dataset(cells)
-    result = driver.evaluate(model, data, ["cam", "layercam"], batch_size=3, max_images=6, steps=2, progress=False)
+    result = driver.evaluate(model, data, ["cam", "layercam"], batch_size=3, max_images=6, grid=2, progress=False)
     json.dumps(result.to_json())
     assert result.to_json()["classification"]["images"] == 6
     assert list(result.to_json()["blocks"]) == ["block1", "block2", "block3", "block4"]
@@ -322,7 +364,7 @@ def test_evaluate_every_block_model_reports_each_block_and_the_fused_map(cells: 
 
 def test_evaluate_without_parasites_explains_the_true_class_of_every_image(cells: list[Cell]) -> None:
     faces = Loaded(purple_detector(), class_names=["Female", "Male"])
-    result = driver.evaluate(faces, as_dataset(cells)[:4], ["gradcam"], progress=False, steps=2)
+    result = driver.evaluate(faces, as_dataset(cells)[:4], ["gradcam"], progress=False, grid=2)
     view = result.to_json()["methods"]["gradcam"]["last"]
     assert result.to_json()["explained_class"] == "true class"
     assert view["images"] == 4 and view["pointing_counted"] == 0 and view["pointing_15px"] is None
@@ -392,7 +434,7 @@ def test_a_trained_network_looks_at_the_parasite(cells: list[Cell]) -> None:
     network = _train(cell_set(128, seed=2))
     data = as_dataset(cells)
     methods = ["cam", "gradcam", "gradcam++", "layercam"]
-    trained = driver.evaluate(Loaded(network), data, methods, progress=False, steps=8)
+    trained = driver.evaluate(Loaded(network), data, methods, progress=False, grid=8)
     scrambled = driver.evaluate(
         Loaded(scramble_convolutions(network)), data, methods, progress=False, faithfulness=False
     )
@@ -483,7 +525,7 @@ def _png(figure: Figure) -> bytes:
 
 def test_charts_draw_an_evaluation_and_a_comparison(cells: list[Cell]) -> None:
     data = as_dataset(cells)[:4]
-    result = driver.evaluate(Loaded(purple_detector()), data, ["cam", "gradcam"], progress=False, steps=2)
+    result = driver.evaluate(Loaded(purple_detector()), data, ["cam", "gradcam"], progress=False, grid=2)
     figure = charts.metrics_chart(result)
     assert isinstance(figure, Figure) and len(figure.axes) == 2
     assert _png(figure).startswith(b"\x89PNG")
@@ -572,7 +614,7 @@ def test_evaluate_finds_flipped_labels_and_keeps_a_record_per_image(cells: list[
     clean = next(i for i, (_, label) in enumerate(data) if label == 0)
     data[infected] = (data[infected][0], 0)  # a stained cell labelled Uninfected
     data[clean] = (data[clean][0], 1)  # a clean cell labelled Parasitized
-    result = driver.evaluate(Loaded(confident(purple_detector())), data, ["cam"], progress=False, steps=2)
+    result = driver.evaluate(Loaded(confident(purple_detector())), data, ["cam"], progress=False, grid=2)
     json.dumps(result.to_json())
     records = result.to_json()["per_image"]
     assert len(records) == len(data)
@@ -681,7 +723,7 @@ def test_evaluate_runs_the_sanity_check_on_a_sample_of_the_explained_images(cell
         "hirescam",
     }
     assert "sanity check" in tables.format_table(result)
-    assert driver.evaluate(model, as_dataset(cells)[:4], ["cam"], progress=False, steps=2).sanity is None
+    assert driver.evaluate(model, as_dataset(cells)[:4], ["cam"], progress=False, grid=2).sanity is None
 
 
 def test_per_image_records_stay_in_order_when_the_first_batches_explain_nothing(cells: list[Cell]) -> None:
@@ -694,11 +736,34 @@ def test_per_image_records_stay_in_order_when_the_first_batches_explain_nothing(
     assert all(r["distance"] is not None and r["distance"] <= 8 for r in records if r["label"] == "Parasitized")
 
 
+def test_the_costly_sample_is_spread_evenly_over_the_pass_and_the_sample_is_100_by_default() -> None:
+    """Costly images at even intervals: each tenth of the pass holds a tenth of them (a random order gave 40/60)."""
+    labels = [i % 2 for i in range(2000)]
+
+    class Listed(list):
+        """A map-style set that lists its labels, as the data sets of wtl.data do."""
+
+        @property
+        def labels(self) -> list[int]:
+            return [label for _, label in self]
+
+    data = Listed((torch.zeros(3, 4, 4, dtype=torch.uint8), label) for label in labels)
+    plan = driver._plan(data, driver.EvaluateOptions(), 1)
+    assert plan.order is not None and plan.costly is not None
+    assert sorted(plan.order) == list(range(2000)) and len(plan.costly) == plan.size == driver.COSTLY_SAMPLE == 100
+    assert all(labels[i] == 1 for i in plan.costly)
+    positions = sorted(plan.order.index(i) for i in plan.costly)
+    assert [sum(1 for p in positions if k * 200 <= p < (k + 1) * 200) for k in range(10)] == [10] * 10
+    # The images that are not costly keep their seeded random order between them.
+    rest = [i for i in plan.order if i not in plan.costly]
+    assert rest != sorted(rest)
+
+
 def test_faithfulness_on_a_sample_is_faithfulness_on_those_images(cells: list[Cell]) -> None:
     model, data = Loaded(purple_detector()), as_dataset(cells)
-    full = driver.evaluate(model, data, ["cam"], progress=False, steps=2, batch_size=5)
-    everything = driver.evaluate(model, data, ["cam"], progress=False, steps=2, batch_size=5, faithful_images=99)
-    some = driver.evaluate(model, data, ["cam"], progress=False, steps=2, batch_size=5, faithful_images=4)
+    full = driver.evaluate(model, data, ["cam"], progress=False, grid=2, batch_size=5)
+    everything = driver.evaluate(model, data, ["cam"], progress=False, grid=2, batch_size=5, faithful_images=99)
+    some = driver.evaluate(model, data, ["cam"], progress=False, grid=2, batch_size=5, faithful_images=4)
     whole, same, part = (r.to_json()["methods"]["cam"]["last"] for r in (full, everything, some))
     assert whole["faithful_images"] == same["faithful_images"] == 12 and part["faithful_images"] == 4
     assert part["images"] == whole["images"] == 12 and part["pointing_8px"] == whole["pointing_8px"]

@@ -17,7 +17,9 @@ from model_network import Network, NetworkMultiLoss
 from wtl.maps import cam as cams
 from wtl.maps import fusion, ops
 from wtl.maps import gradcam as gradcams
+from wtl.nets import blocks as net_blocks
 from wtl.nets import modes as model_modes
+from wtl.nets import zoo
 
 GRADIENT_METHODS = [name for name in gradcams.METHODS if name != "scorecam"]
 
@@ -381,3 +383,32 @@ def test_frozen_parameters_and_no_grad_callers_still_get_maps() -> None:
     assert result.maps.abs().sum() > 0
     assert not any(p.requires_grad for p in model.parameters())
     assert not result.maps.requires_grad and not result.logits.requires_grad
+
+
+KNOWN_PASS = {
+    # name: (model factory, input side); the default target layer (the last block or stage)
+    "network": (lambda: network(), 32),
+    "multi-loss": (lambda: network("every"), 32),
+    "resnet18": (lambda: randomise_batch_norm(zoo.build("resnet18", 2), 3).double().eval(), 64),
+    "resnet18-sigmoid": (lambda: randomise_batch_norm(zoo.build("resnet18", 1), 4).double().eval(), 64),
+    "densenet121": (lambda: randomise_batch_norm(zoo.build("densenet121", 2), 5).double().eval(), 64),
+}
+
+
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
+@pytest.mark.parametrize("architecture", list(KNOWN_PASS))
+def test_a_known_forward_pass_gives_the_maps_autograd_gives(method: str, architecture: str) -> None:
+    """At a GAP-linear head's features the gradient is w_c / (h w): read off a forward pass already made, the
+    maps equal autograd's (DenseNet ReLUs its features before pooling, so it takes the autograd path)."""
+    factory, side = KNOWN_PASS[architecture]
+    model = factory()
+    x = images(3, side, seed=11)
+    known = net_blocks.forward_pass(model, x)
+    for class_index in (None, 1, torch.tensor([0, 1, 0])):
+        plain = gradcams.make_method(method, model)(x, class_index)
+        shortcut = gradcams.make_method(method, model)(x, class_index, known)
+        torch.testing.assert_close(shortcut.maps, plain.maps)
+        torch.testing.assert_close(shortcut.logits, plain.logits)
+        assert torch.equal(shortcut.class_index, plain.class_index)
+    at_head = gradcams.head_gradient(model, gradcams.default_target_layer(model), known)
+    assert (at_head is None) == (architecture == "densenet121")

@@ -53,7 +53,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[EvaluationResul
     cell_image(np.random.default_rng(9), True, 56).save(cells / "Uninfected" / NASTY)
     model = Loaded(confident(purple_detector()), image_size=SIZE)
     data = MalariaSet(root, "all", size=SIZE)
-    result = driver.evaluate(model, data, ["cam", "gradcam"], progress=False, steps=2, sanity_images=4)
+    result = driver.evaluate(model, data, ["cam", "gradcam"], progress=False, grid=2, sanity_images=4)
     return result, stained, model
 
 

@@ -73,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=common.positive,
         metavar="N",
         help="deletion/insertion, the intervention and --sanity-model on a seeded sample of N explained images "
-        "(default: all of them up to 200, else a sample of 200; the pointing game always runs on all)",
+        "(default: all of them up to 100, else a sample of 100; the pointing game always runs on all)",
     )
     p.add_argument(
         "--intervene",

@@ -50,15 +50,16 @@ from wtl.maps.registry import DEFAULT_FUSION, FUSIONS, METHODS, class_of_interes
 from wtl.metrics import ood
 from wtl.metrics.bootstrap import DEFAULT_REPLICATES
 from wtl.metrics.classification import Classification
-from wtl.metrics.faithfulness import deletion_insertion, drop_and_increase
+from wtl.metrics.faithfulness import deletion_insertion_of_maps, drop_and_increase_of_maps
 from wtl.metrics.localisation import peak_distances, relevance_mass, relevance_rank
 from wtl.metrics.sanity import MapFunction, cascading_randomisation
 from wtl.metrics.stain import stain_mask
+from wtl.nets import blocks as net_blocks
 from wtl.nets.modes import eval_mode
 from wtl.nets.seed import NetworkMultiLoss
 
 # More explained images than this: the costly figures run on a seeded sample of this many.
-COSTLY_SAMPLE = 200
+COSTLY_SAMPLE = 100
 
 
 class MaskSource(Protocol):
@@ -78,7 +79,7 @@ class EvaluateOptions:
     batch_size: int = 32
     max_images: int | None = None  # read at most this many images of the data set
     progress: bool = True
-    steps: int = 16  # deletion/insertion steps
+    grid: int | Sequence[float] | None = None  # deletion/insertion's nodes: None: faithfulness.FRACTIONS; N: N steps
     faithfulness: bool = True  # False: no deletion/insertion and average drop (they cost most)
     fuse: str = DEFAULT_FUSION  # the fused view's rule
     every_block: bool = False  # a Network's Grad-CAM methods on every block too
@@ -118,7 +119,20 @@ def _plan(dataset: Images, options: EvaluateOptions, target: int | None) -> _Pla
     explained = [i for i, label in enumerate(labels) if target is None or label == target]
     size = min(len(explained), wanted if wanted is not None else COSTLY_SAMPLE)
     chosen = generator.choice(len(explained), size, replace=False).tolist() if explained else []
-    return _Plan(order, {explained[int(i)] for i in chosen}, size if size < len(explained) else None)
+    costly = {explained[int(i)] for i in chosen}
+    return _Plan(_spread(order, costly), costly, size if size < len(explained) else None)
+
+
+def _spread(order: list[int], costly: set[int]) -> list[int]:
+    """`order` with the costly images at even intervals and the others, in their order, between them.
+
+    A random order alone puts 40 of 100 costly images in one half of a pass and 60 in the other;
+    spread evenly, every stretch of the pass costs alike and the progress bar's rate holds from the start.
+    """
+    picked = [i for i in order if i in costly]
+    rest = [i for i in order if i not in costly]
+    keys = [(k + 0.5) / len(picked) for k in range(len(picked))] + [(k + 0.5) / len(rest) for k in range(len(rest))]
+    return [index for _, index in sorted(zip(keys, picked + rest))]
 
 
 def sample_note(model: ModelLike, dataset: Images, options: EvaluateOptions) -> str | None:
@@ -172,7 +186,8 @@ def _ground_truth(
 class _Costly:
     """The costly figures' collectors: deletion/insertion (in Views), the intervention, the data randomisation."""
 
-    steps: int
+    faithfulness: bool  # deletion/insertion and average drop, on `grid` (None: the default nodes)
+    grid: int | Sequence[float] | None
     intervention: InterventionBatches | None
     randomisation: RandomisationBatches | None
 
@@ -190,7 +205,7 @@ def evaluate(
         model: a LoadedModel (network, class_names, image_size).
         dataset: a map-style data set (wtl.data.datasets) or any iterable of (image, label).
         methods: names of wtl.maps.registry.METHODS.
-        options: EvaluateOptions; `changes` override its fields (evaluate(m, d, steps=4, progress=False)).
+        options: EvaluateOptions; `changes` override its fields (evaluate(m, d, grid=4, progress=False)).
 
     Returns:
         EvaluationResult: classification, per method and view its ViewScores, per image a record,
@@ -217,7 +232,8 @@ def evaluate(
     # The intervention removes the stain: it runs where the stain is the ground truth, not one's own masks.
     intervene = options.intervene is not False and target is not None and options.truth is None
     costly = _Costly(
-        options.steps if options.faithfulness else 0,
+        options.faithfulness,
+        options.grid,
         InterventionBatches(list(methods)) if intervene else None,
         _randomisation(model, options, methods),
     )
@@ -238,17 +254,23 @@ def evaluate(
             at = np.asarray(indices)
             probabilities = None
             with torch.no_grad():
+                # One forward pass per batch: the prediction, the OOD scores and the exact CAMs all read it.
+                batch_pass = net_blocks.forward_pass(network, images) if net_blocks.is_known(network) else None
                 if multi:
-                    explained = explain_every_block(network, images, classes)
+                    explained = explain_every_block(network, images, classes, batch_pass)
                     if not block_parts:
                         block_parts = [[] for _ in explained.block_logits or []]
                     for i, logits in enumerate(explained.block_logits or []):
                         block_parts[i].append((at, logits.argmax(1).cpu().numpy()))
                     logits, probabilities = explained.logits, explained.block_probabilities
                 else:
-                    logits = network(images)
+                    logits = batch_pass.logits if batch_pass is not None else network(images)
             if statistics is not None:
-                ood_parts.append((at, ood.score_images(network, statistics, images).score.double().cpu().numpy()))
+                if batch_pass is not None:
+                    judged = ood.score_pass(statistics, batch_pass)
+                else:
+                    judged = ood.score_images(network, statistics, images)
+                ood_parts.append((at, judged.score.double().cpu().numpy()))
             confidence, predicted = logits.softmax(dim=1).max(dim=1)
             chosen = labels == target if target is not None else torch.ones_like(labels, dtype=torch.bool)
             masks = _ground_truth(images, target, options.truth, batch_files, chosen.cpu())
@@ -259,14 +281,14 @@ def evaluate(
             where = chosen.cpu().numpy()
             in_sample = np.array([i in plan.costly for i in at] if plan.costly is not None else [False] * len(at))
             if bool(chosen.any()):
-                part = _Batch(images, classes, chosen, masks, probabilities, at)
+                part = _Batch(images, classes, chosen, masks, probabilities, at, logits, batch_pass)
                 _judge(model, part, methods, views, options, costly, in_sample & where)
                 if sanity.size:
                     sanity.offer(images[chosen], classes[chosen], at[where])
                 if plan.costly is None and plan.size is not None:
                     reservoir.offer(images[chosen], classes[chosen], at[where])
             if costly.intervention is not None and masks is not None and target is not None:
-                _suspects(model, images, classes, labels, predicted, confidence, masks, at, costly, target)
+                _suspects(model, images, classes, labels, logits, masks, at, costly, target)
             seen += len(labels)
             bar.update(len(labels))
         if reservoir.images:
@@ -366,6 +388,10 @@ class _Batch:
     masks: Tensor | None  # (B, S, S) bool ground truth, None where there is none
     probabilities: Tensor | None  # (B, n) the block heads' probabilities of the class (NetworkMultiLoss)
     indices: np.ndarray  # (B,) each image's index in the data set
+    logits: Tensor  # (B, C) the network's
+    record: (
+        net_blocks.Pass | None
+    )  # the batch's forward pass, which CAM reads (None for a network nets.blocks does not map)
 
 
 def _judge(
@@ -383,6 +409,7 @@ def _judge(
     indices = part.indices[where.numpy()]
     images, classes = part.images[part.chosen], part.classes[part.chosen]
     probabilities = part.probabilities[part.chosen] if part.probabilities is not None else None
+    known = part.record.select(part.chosen) if part.record is not None else None
     rows = torch.from_numpy(sampled[where.numpy()])
     every: dict[str, dict[str, Tensor]] = {}
     for method in methods:
@@ -396,6 +423,7 @@ def _judge(
             probabilities,
             options.batch_size,
             options.extra_fusions,
+            known,
         )
         every[method] = heats
         for view, heat in heats.items():
@@ -412,8 +440,17 @@ def _judge(
         chosen = rows.to(images.device)
         sample_masks = masks[where][rows] if masks is not None else None
         sample_heats = {m: {v: h[chosen] for v, h in heats.items()} for m, heats in every.items()}
+        logits = part.logits[part.chosen][chosen]
         _costly_figures(
-            model, images[chosen], classes[chosen], indices[rows.numpy()], sample_masks, sample_heats, views, costly
+            model,
+            images[chosen],
+            classes[chosen],
+            indices[rows.numpy()],
+            sample_masks,
+            sample_heats,
+            views,
+            costly,
+            logits,
         )
 
 
@@ -431,17 +468,21 @@ def _costly_figures(
     heats: Mapping[str, Mapping[str, Tensor]],
     views: Views,
     costly: _Costly,
+    logits: Tensor | None = None,
 ) -> None:
-    """Deletion/insertion and average drop of every view, the intervention and the data randomisation of images."""
-    if costly.steps:
-        for method, by_view in heats.items():
-            for view, heat in by_view.items():
-                deletion, insertion = deletion_insertion(model.network, images, heat, classes, costly.steps)
-                drop, increased = drop_and_increase(model.network, images, heat, classes)
-                values = dict(zip(FAITHFULNESS, (deletion, insertion, drop, increased.double() * 100)))
-                views.add_faithfulness(
-                    (method, view), indices, {k: v.double().cpu().numpy() for k, v in values.items()}
-                )
+    """Deletion/insertion and average drop of every view, the intervention and the data randomisation of images.
+
+    `logits` (B, C) are the images' own where the pass has them (else the intervention asks for them).
+    """
+    if costly.faithfulness:
+        # Every view's curves at once: the pictures' own and blurred probabilities are asked once for all.
+        maps = {(method, view): heat for method, by_view in heats.items() for view, heat in by_view.items()}
+        curves = deletion_insertion_of_maps(model.network, images, maps, classes, costly.grid)
+        drops = drop_and_increase_of_maps(model.network, images, maps, classes)
+        for key in maps:
+            (deletion, insertion), (drop, increased) = curves[key], drops[key]
+            values = dict(zip(FAITHFULNESS, (deletion, insertion, drop, increased.double() * 100)))
+            views.add_faithfulness(key, indices, {k: v.double().cpu().numpy() for k, v in values.items()})
     if costly.intervention is not None and masks is not None:
         stained = masks.flatten(1).any(1)
         if bool(stained.any()):
@@ -454,6 +495,7 @@ def _costly_figures(
                 indices[stained.cpu().numpy()],
                 np.ones(int(stained.sum()), dtype=bool),
                 tops,
+                logits[stained] if logits is not None else None,
             )
     if costly.randomisation is not None:
         costly.randomisation.add(model, images, classes, indices.tolist())
@@ -464,8 +506,7 @@ def _suspects(
     images: Tensor,
     classes: Tensor,
     labels: Tensor,
-    predicted: Tensor,
-    confidence: Tensor,
+    logits: Tensor,
     masks: Tensor,
     indices: np.ndarray,
     costly: _Costly,
@@ -473,6 +514,7 @@ def _suspects(
 ) -> None:
     """Intervene on the batch's suspect-label cells that are not explained (labelled other than the target)."""
     assert costly.intervention is not None
+    confidence, predicted = logits.softmax(dim=1).max(dim=1)
     pixels = masks.shape[-1] * masks.shape[-2]
     areas = masks.flatten(1).sum(1)
     suspect = [
@@ -489,6 +531,7 @@ def _suspects(
             classes[chosen],
             indices[rows.numpy()],
             np.zeros(int(rows.sum()), dtype=bool),
+            logits=logits[chosen],
         )
 
 

@@ -126,11 +126,20 @@ def last_block_features(network: nn.Module, images: torch.Tensor) -> tuple[torch
 
 @torch.no_grad()
 def explain_last_block(
-    network: nn.Module, images: torch.Tensor, class_index: int | torch.Tensor | None = None
+    network: nn.Module,
+    images: torch.Tensor,
+    class_index: int | torch.Tensor | None = None,
+    known: net_blocks.Pass | None = None,
 ) -> Explanation:
-    """CAM of the last conv block (or stage) for the predicted class (or class_index), batched."""
+    """CAM of the last conv block (or stage) for the predicted class (or class_index), batched.
+
+    `known`: the images' forward pass where the caller made one (nets.blocks.forward_pass), read instead of a new one.
+    """
     head = gap_head(network)
-    logits, features = net_blocks.last_features(network, head, images)
+    if known is not None and known.features is not None:
+        logits, features = known.logits, known.features
+    else:
+        logits, features = net_blocks.last_features(network, head, images)
     classes = pick_classes(logits, class_index)
     weight, bias = head.weights()
     cam = weighted_sum(features, weight[classes].to(features.dtype))
@@ -155,12 +164,18 @@ def class_evidence(
 
 @torch.no_grad()
 def explain_every_block(
-    network: nn.Module, images: torch.Tensor, class_index: int | torch.Tensor | None = None
+    network: nn.Module,
+    images: torch.Tensor,
+    class_index: int | torch.Tensor | None = None,
+    known: net_blocks.Pass | None = None,
 ) -> BlockExplanation:
-    """Exact CAM of each block through its own head, plus each block's mean activation."""
+    """Exact CAM of each block through its own head, plus each block's mean activation.
+
+    `known`: the images' forward pass where the caller made one (nets.blocks.forward_pass), read instead of a new one.
+    """
     if not isinstance(network, NetworkMultiLoss):
         raise TypeError("the every-block view needs a NetworkMultiLoss (trained with --network every)")
-    blocks = network.block_outputs(images)
+    blocks = known.blocks if known is not None else network.block_outputs(images)
     classifier = net_blocks.classifier(network)
     heads = [head_weights(classifier, block.transform) for block in net_blocks.blocks(network)]
     block_logits = [network.gap(b).flatten(1) @ w.T + bias for b, (w, bias) in zip(blocks, heads)]

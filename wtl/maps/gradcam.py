@@ -64,8 +64,19 @@ class BaseCAM:
         self.model = model
         self.target_layer = _resolve(model, target_layer)
 
-    def __call__(self, images: Tensor, class_index: int | Tensor | None = None) -> CAMResult:
-        """Maps (B, h, w) explaining class_index (default: each image's prediction), computed in eval mode."""
+    def __call__(
+        self, images: Tensor, class_index: int | Tensor | None = None, known: net_blocks.Pass | None = None
+    ) -> CAMResult:
+        """Maps (B, h, w) explaining class_index (default: each image's prediction), computed in eval mode.
+
+        `known`: the images' forward pass where the caller made one (nets.blocks.forward_pass, in eval
+        mode). At the features a GAP-linear head averages, the gradient is then known without a pass.
+        """
+        if known is not None and self.needs_gradient:
+            at_head = head_gradient(self.model, self.target_layer, known, class_index)
+            if at_head is not None:
+                activation, gradient, classes = at_head
+                return CAMResult(self.weigh(activation, gradient).detach(), known.logits.detach(), classes)
         modes = ModeKeeper(self.model)
         captured: dict[str, Tensor] = {}
 
@@ -122,6 +133,26 @@ class BaseCAM:
     def score_maps(self, images: Tensor, activation: Tensor, classes: Tensor) -> Tensor:
         """A gradient-free method's map (B, h, w) from extra forward passes."""
         raise NotImplementedError
+
+
+def head_gradient(
+    model: nn.Module, layer: nn.Module, known: net_blocks.Pass, class_index: int | Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """(A, dS/dA, classes) at the features a GAP-linear head averages, from a forward pass already made; else None.
+
+    logit_c = sum_k w[c, k] mean_xy A_k + b_c, so dS/dA_k(x, y) = w[c, k] / (h w) at every position:
+    exactly what autograd returns there, without a forward or a backward pass. Only where `layer` is
+    the head's own input (not ReLU'd on the way, as DenseNet's is) and `known` holds its features.
+    """
+    head = net_blocks.gap_linear_head(model)
+    if head is None or head.relu or layer is not head.features or known.features is None:
+        return None
+    activation = known.features
+    classes = pick_classes(known.logits, class_index)
+    weight, _ = head.weights()
+    height, width = activation.shape[-2:]
+    per_position = (weight[classes] / (height * width)).to(activation.dtype)
+    return activation, per_position[:, :, None, None].expand_as(activation), classes
 
 
 class GradCAM(BaseCAM):

@@ -45,6 +45,7 @@ def last_block(
     class_index: int | Tensor | None = None,
     batch_size: int = 32,
     layer: str | None = None,
+    known: net_blocks.Pass | None = None,
 ) -> Explanation:
     """The last block's map by `method`: the exact CAM, or a Grad-CAM-family method at the same layer (or `layer`).
 
@@ -55,6 +56,8 @@ def last_block(
         class_index: None (each image's prediction), one class, or (B,) classes.
         batch_size: Score-CAM's masked images per forward pass.
         layer: the Grad-CAM family's target, a dotted module name (default: the last block or stage).
+        known: the images' forward pass where the caller made one (nets.blocks.forward_pass): CAM reads it, and
+            so does the Grad-CAM family at the features a GAP-linear head averages (its gradient is then known).
 
     Returns:
         Explanation with logits (B, C), class_index (B,), cam (B, h, w) raw, heatmap (B, H, W) in [0, 1].
@@ -66,14 +69,14 @@ def last_block(
                 "--layer is for the Grad-CAM family: cam is exact only at the features the head pools "
                 "(pass --method gradcam with --layer)"
             )
-        return explain_last_block(network, images, class_index)
+        return explain_last_block(network, images, class_index, known)
     target = None
     if layer is not None:
         try:
             target = net_blocks.resolve_layer(network, layer) if net_blocks.is_known(network) else layer
         except ValueError as error:
             raise UsageError(f"--layer {layer}: {error}") from None
-    result = make_method(method, network, target, **_options(method, batch_size))(images, class_index)
+    result = make_method(method, network, target, **_options(method, batch_size))(images, class_index, known)
     maps = result.maps.detach()
     return Explanation(result.logits.detach(), result.class_index, maps, heatmap(maps, tuple(images.shape[-2:])))
 
@@ -129,6 +132,7 @@ def views(
     probabilities: Tensor | None = None,
     batch_size: int = 32,
     extra_rules: Sequence[str] = (),
+    known: net_blocks.Pass | None = None,
 ) -> dict[str, Tensor]:
     """One method's (B, H, W) heatmaps in [0, 1], by view: what evaluate scores and the report draws.
 
@@ -137,14 +141,15 @@ def views(
     'block1'..'block4' and 'fused'. `probabilities` (B, n) are the block heads' probabilities
     of the class for the 'confidence' rule (computed when needed and not given). `extra_rules` add
     a view 'fused_<rule>' per rule (other than `rule`), to compare fusion rules on the same maps.
+    `known`, the images' forward pass where the caller made one, spares CAM a forward pass of its own.
     """
     size = tuple(images.shape[-2:])
     multi = isinstance(network, NetworkMultiLoss)
     if not (multi or (blocks and method != "cam")):
-        return {"last": last_block(network, method, images, classes, batch_size).heatmap}
+        return {"last": last_block(network, method, images, classes, batch_size, known=known).heatmap}
     # Only the maps: every_block's mean activations and extra forward passes are not scored.
     if method == "cam":
-        exact = explain_every_block(network, images, classes)
+        exact = explain_every_block(network, images, classes, known)
         maps, probabilities = exact.cams, exact.block_probabilities if probabilities is None else probabilities
     else:
         maps = _block_maps(network, method, images, classes, batch_size)

@@ -285,6 +285,12 @@ def score_images(network: nn.Module, statistics: OODStatistics, images: Tensor) 
     return OODScores(score_features(pooled, logits, statistics), statistics)
 
 
+def score_pass(statistics: OODStatistics, record: net_blocks.Pass) -> OODScores:
+    """Every score of a batch from a forward pass already made (nets.blocks.forward_pass), and which are flagged."""
+    pooled = [output.mean(dim=(2, 3)).float().cpu() for output in record.blocks]
+    return OODScores(score_features(pooled, record.logits.float().cpu(), statistics), statistics)
+
+
 def assess(result: Result) -> Result:
     """The result with its pictures judged: ood_score, ood_threshold, out_of_distribution (unchanged without stats)."""
     statistics = statistics_of(result.model.ood)

@@ -169,6 +169,35 @@ def logits_and_block_outputs(network: nn.Module, images: Tensor) -> tuple[Tensor
     return head(network, outputs[-1]), outputs
 
 
+@dataclass(frozen=True)
+class Pass:
+    """One forward pass of a batch, kept for everything that reads it: evaluate asks the network once per batch
+    and its OOD scores, exact CAMs and every-block CAMs all read this record."""
+
+    logits: Tensor  # (B, C)
+    blocks: tuple[Tensor, ...]  # every block's (or stage's) output, first to last
+    features: Tensor | None  # what a GAP-linear head averages (gap_linear_head); None where there is none
+
+    def select(self, rows: Tensor) -> Pass:
+        """The record of the images at `rows` (a (B,) bool mask or indices)."""
+        features = None if self.features is None else self.features[rows]
+        return Pass(self.logits[rows], tuple(block[rows] for block in self.blocks), features)
+
+
+def forward_pass(network: nn.Module, images: Tensor) -> Pass:
+    """The logits, every block's output and the GAP-linear head's features of `images`, from one forward pass."""
+    head = gap_linear_head(network)
+    if isinstance(network, TorchvisionNet):
+        modules = [b.output for b in blocks(network)]
+        extra = [head.features] if head is not None else []
+        logits, captured = capture(network, [*modules, *extra], images)
+        features = head.activation(captured[-1]) if head is not None else None
+        return Pass(logits, tuple(captured[: len(modules)]), features)
+    # A seed network's head averages its last block's output (gap_linear_head points at that module).
+    logits, outputs = logits_and_block_outputs(network, images)
+    return Pass(logits, outputs, head.activation(outputs[-1]) if head is not None else None)
+
+
 def gap_linear_head(network: nn.Module) -> GapLinearHead | None:
     """The network's head where it is global average pooling + one linear layer (CAM is then exact); else None."""
     if isinstance(network, Network):
