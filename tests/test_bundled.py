@@ -62,6 +62,19 @@ def test_bundled_checkpoints_load_and_are_small(name: str) -> None:
     assert metrics["accuracy"] > 0.9
 
 
+@pytest.mark.parametrize("name", [*sorted(MODELS), "model_gender_last"])
+def test_every_bundled_model_ships_its_shared_colour_scale_measured_on_its_test_split(name: str) -> None:
+    scale = load_model(BUNDLED / f"{name}.pt").scale
+    assert scale is not None and scale.source.startswith("test split")
+    assert scale.images == len(_test_files(name)) and (scale.of("cam", "last") or 0) > 1
+    assert all(scale.of(method, "last") for method in ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"))
+
+
+def _test_files(name: str) -> list[str]:
+    listed = json.loads((BUNDLED / f"{name}.test_files.json").read_text())
+    return [file for files in listed.values() for file in files]
+
+
 def test_bundled_gender_model_is_small_fp32_and_crops_faces() -> None:
     path = BUNDLED / "model_gender_last.pt"
     assert path.stat().st_size <= 5 * 1024 * 1024
