@@ -261,6 +261,8 @@ def test_the_quickstart_notebook_runs(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the kernel imports this checkout's wtl
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    for name, value in SUBPROCESS_THREADS.items():  # the kernel is a subprocess like the CLIs: one thread
+        monkeypatch.setenv(name, value)
     notebook = nbformat.read(REPO / "examples" / "quickstart.ipynb", as_version=4)
     NotebookClient(
         notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
