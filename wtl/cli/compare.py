@@ -69,11 +69,12 @@ def run(args: argparse.Namespace) -> list[Path]:
     options = CompareOptions(device=device, batch_size=args.batch_size, class_index=class_index)
     result = compare_models(named, dataset, args.method, options)
     from wtl.evaluation.tables import interval_text
+    from wtl.metrics.bootstrap import unit_count
 
     described = result.bootstrap
     print(
-        f"(95 % intervals: bootstrap over {described['units']} {described['unit']}s, {described['replicates']} "
-        f"replicates; {described['average_map_replicates']} for the average maps)"
+        f"(95 % intervals: bootstrap over {unit_count(described['units'], described['unit'])}, "
+        f"{described['replicates']} replicates; {described['average_map_replicates']} for the average maps)"
     )
     for pair, scores in result.pairs.items():
         rho = scores.mean_spearman()

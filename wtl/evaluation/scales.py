@@ -24,7 +24,7 @@ from wtl.evaluation.units import resampler_of, units_of
 from wtl.maps.cam import explain_every_block, explain_last_block
 from wtl.maps.ops import heatmap, upsample
 from wtl.maps.registry import class_of_interest
-from wtl.metrics.bootstrap import DEFAULT_REPLICATES, Resampler, interval
+from wtl.metrics.bootstrap import DEFAULT_REPLICATES, Resampler, interval, unit_count
 from wtl.metrics.localisation import peak_distances, within
 from wtl.metrics.stain import cell_mask, stain_mask
 from wtl.nets.modes import eval_mode
@@ -226,7 +226,7 @@ def format_study(summary: dict[str, Any], class_names: list[str]) -> str:
 
     lines = [
         f"shared scale: {summary['scale']:.3g} ({summary['scale_source']}); intervals: 95 % bootstrap over "
-        f"{summary['units']} {summary['unit']}s, {summary['replicates']} replicates",
+        f"{unit_count(summary['units'], summary['unit'])}, {summary['replicates']} replicates",
         "",
         "brightness of the default picture (the last block's CAM of the predicted class), mean [95 % interval]:",
         f"{'true class':<14}{'n':>6}  {'per image: peak':>24}{'mean':>24}  {'model scale: peak':>24}{'mean':>24}",

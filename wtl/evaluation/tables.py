@@ -13,7 +13,7 @@ from wtl.evaluation.galleries import GALLERIES
 from wtl.evaluation.registry import OUTCOMES
 from wtl.evaluation.result import EvaluationResult
 from wtl.maps.registry import FUSIONS
-from wtl.metrics.bootstrap import Interval
+from wtl.metrics.bootstrap import Interval, unit_count
 from wtl.metrics.proportion import format_share
 from wtl.metrics.sanity import SanityResult
 
@@ -60,7 +60,7 @@ def format_table(result: EvaluationResult) -> str:
     lines = [
         f"accuracy {100 * report.accuracy:.2f}% {interval_text(intervals.get('accuracy'), True)} on {report.images} "
         "images "
-        f"(95 % intervals: bootstrap over {described['units']} {described['unit']}s, "
+        f"(95 % intervals: bootstrap over {unit_count(described['units'], described['unit'])}, "
         f"{described['replicates']} replicates)"
     ]
     averages = [("macro avg", report.macro, "macro"), ("weighted avg", report.weighted, "weighted")]

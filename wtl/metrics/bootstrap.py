@@ -106,6 +106,14 @@ class Resampler:
         }
 
 
+PLURALS = {"person": "people"}  # every other unit takes an s
+
+
+def unit_count(units: int, unit: str) -> str:
+    """How many units were resampled, in words: '15 patients', '590 people', '1 image'."""
+    return f"{units} {unit if units == 1 else PLURALS.get(unit, unit + 's')}"
+
+
 def interval(replicates: np.ndarray, level: float = LEVEL) -> Interval | None:
     """The percentile interval of bootstrap replicates (NaN replicates left out); None when none is defined."""
     defined = np.asarray(replicates, dtype=np.float64)

@@ -6,76 +6,105 @@ here needs a display or touches a file.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from wtl.evaluation.compare import Comparison
-from wtl.evaluation.result import EvaluationResult, ViewScores
+from wtl.evaluation.result import EvaluationResult
+from wtl.metrics.bootstrap import unit_count
 from wtl.plot.style import FEATURE_CMAP, LOOK, Look
 
-Bar = tuple[Callable[[ViewScores], float | None], str, str]  # (the figure of a view, label, colour)
+Bar = tuple[str, str, str]  # (the figure's key in evaluate's JSON, label, colour)
 POINTING_BARS: tuple[Bar, ...] = (
-    (lambda s: s.pointing(15), "pointing game 15 px", "#2b6cb0"),
-    (lambda s: s.pointing(8), "pointing game 8 px", "#90cdf4"),
-    (lambda s: s.pointing(4), "pointing game 4 px", "#bee3f8"),
-    (lambda s: s.pointing(0), "peak inside the mask", "#e2e8f0"),
+    ("pointing_15px", "pointing game 15 px", "#2b6cb0"),
+    ("pointing_8px", "pointing game 8 px", "#90cdf4"),
+    ("pointing_4px", "pointing game 4 px", "#bee3f8"),
+    ("pointing_0px", "peak inside the mask", "#e2e8f0"),
 )
 AUC_BARS: tuple[Bar, ...] = (
-    (lambda s: s.mean("deletion_auc"), "deletion AUC (lower is better)", "#c53030"),
-    (lambda s: s.mean("insertion_auc"), "insertion AUC", "#38a169"),
+    ("deletion_auc", "deletion AUC (lower is better)", "#c53030"),
+    ("insertion_auc", "insertion AUC", "#38a169"),
 )
+Row = tuple[str, str, str]  # (label on the axis, method, view)
 
 
-def _rows(result: EvaluationResult) -> list[tuple[str, ViewScores]]:
-    """(label, scores) per method and view, in the evaluation's order; the fused view named by its rule."""
+def _rows(result: EvaluationResult) -> list[Row]:
+    """(label, method, view) per method and view, in the evaluation's order; the fused view named by its rule."""
     rows = []
-    for method, view, scores in result.views():
+    for method, view, _ in result.views():
         label = method if view == "last" else f"{method}\n{view}"
-        rows.append((f"{label} ({result.fusion_rule})" if view == "fused" else label, scores))
+        rows.append((f"{label} ({result.fusion_rule})" if view == "fused" else label, method, view))
     return rows
 
 
-def _grouped_bars(ax: Any, rows: Sequence[tuple[str, ViewScores]], bars: Sequence[Bar]) -> None:
-    """One group of bars per row, one bar per figure; a missing value (None) is left out, not drawn as 0."""
+def _figure(result: EvaluationResult, row: Row, key: str) -> tuple[float, Any] | None:
+    """(value, 95 % interval or None) of one bar: the mean of its per-image values; None where none was measured."""
+    _, method, view = row
+    values = result.methods[method][view].per_image(key)
+    measured = values[~np.isnan(values)]
+    return (float(measured.mean()), result.ci(method, view, key)) if len(measured) else None
+
+
+def _grouped_bars(ax: Any, result: EvaluationResult, rows: Sequence[Row], bars: Sequence[Bar]) -> None:
+    """One group of bars per row, one bar per figure with its 95 % interval; an unmeasured one is left out, not 0."""
     positions = np.arange(len(rows))
     width = 0.8 / len(bars)
-    for i, (figure, label, colour) in enumerate(bars):
-        shown = [(p, v) for p, (_, scores) in zip(positions, rows) if (v := figure(scores)) is not None]
-        if shown:
-            xs, ys = zip(*shown)
-            drawn = ax.bar(np.asarray(xs) + (i - (len(bars) - 1) / 2) * width, ys, width, label=label, color=colour)
-            ax.bar_label(drawn, fmt="%.2f", fontsize=7, padding=1)
-    ax.set_xticks(positions, [label for label, _ in rows], fontsize=8)
-    ax.set_ylim(0, 1.08)
+    for i, (key, label, colour) in enumerate(bars):
+        shown = [(p, f) for p, row in zip(positions, rows) if (f := _figure(result, row, key)) is not None]
+        if not shown:
+            continue
+        xs = np.asarray([p for p, _ in shown]) + (i - (len(bars) - 1) / 2) * width
+        ys = np.asarray([value for _, (value, _) in shown])
+        # An interval that is not defined (one unit, or none resampled) draws no whisker rather than a wrong one.
+        bounds = [ci if ci is not None else (value, value) for _, (value, ci) in shown]
+        errors = np.abs(np.asarray(bounds, dtype=float).T - ys)
+        drawn = ax.bar(xs, ys, width, yerr=errors, label=label, color=colour, capsize=2, error_kw={"elinewidth": 0.8})
+        ax.bar_label(drawn, fmt="%.2f", fontsize=7, padding=1)  # above the whisker, which bar_label knows of
+    ax.set_xticks(positions, [label for label, _, _ in rows], fontsize=8)
+    ax.set_ylim(0, 1.12)
     ax.grid(axis="y", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="upper right")
-    else:  # e.g. the pointing game of a face model: there is no stain to point at
-        ax.text(0.5, 0.5, "not measured for this model", transform=ax.transAxes, ha="center", color="grey")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars reach the top on cells
+
+
+def _measured(result: EvaluationResult, rows: Sequence[Row], bars: Sequence[Bar]) -> bool:
+    """Whether any bar of the panel has a value (faces without --masks/--boxes have no pointing game)."""
+    return any(_figure(result, row, key) is not None for row in rows for key, _, _ in bars)
 
 
 def metrics_chart(result: EvaluationResult, title: str = "") -> Figure:
-    """Bars of an evaluation: pointing game at 15, 8, 4 and 0 px (top), deletion and insertion AUC (bottom)."""
+    """Bars with 95 % intervals: the pointing game at 15, 8, 4 and 0 px (where measured), deletion and insertion AUC."""
     rows = _rows(result)
     if not rows:
         raise ValueError("the evaluation holds no heatmap method to chart")
-    fig = Figure(figsize=(max(6.0, 1.4 * len(rows) + 2.0), 7.0), layout="constrained")
-    top, bottom = fig.subplots(2, 1)
-    _grouped_bars(top, rows, POINTING_BARS)
-    counted = max((scores.counted for _, scores in rows), default=0)
-    top.set_ylabel("hit rate")
-    counted_what = "stained cells" if result.truth is None else "pictures with ground truth"
-    top.set_title(f"does the map's peak fall on {result.truth_name}? ({counted} {counted_what})", fontsize=10)
-    _grouped_bars(bottom, rows, AUC_BARS)
-    bottom.set_ylabel("area under the probability curve")
-    bottom.set_title("deleting / inserting pixels in the map's order", fontsize=10)
+    pointing = _measured(result, rows, POINTING_BARS)
+    fig = Figure(figsize=(max(6.0, 1.4 * len(rows) + 2.0) + 1.8, 7.0 if pointing else 4.0), layout="constrained")
+    axes = fig.subplots(2 if pointing else 1, 1, squeeze=False)[:, 0]
+    if pointing:
+        counted = max((scores.counted for _, _, scores in result.views()), default=0)
+        counted_what = "stained cells" if result.truth is None else "pictures with ground truth"
+        axes[0].set_title(f"does the map's peak fall on {result.truth_name}? ({counted} {counted_what})", fontsize=10)
+        axes[0].set_ylabel("hit rate")
+        _grouped_bars(axes[0], result, rows, POINTING_BARS)
+    faithful = max((scores.faithful_images for _, _, scores in result.views()), default=0)
+    axes[-1].set_title(f"deleting / inserting pixels in the map's order ({faithful} images)", fontsize=10)
+    axes[-1].set_ylabel("area under the probability curve")
+    if _measured(result, rows, AUC_BARS):
+        _grouped_bars(axes[-1], result, rows, AUC_BARS)
+    else:  # --faithful-images 0
+        axes[-1].text(0.5, 0.5, "not measured (--faithful-images 0)", transform=axes[-1].transAxes, ha="center")
     report = result.classification
+    described = result.resampler.describe()
     heading = title or f"heatmaps explaining {result.explained_class}"
     heading += f"  (accuracy {100 * report.accuracy:.1f}% on {report.images} images)"
     fig.suptitle(heading, fontsize=11)
+    resampled = unit_count(described["units"], described["unit"])
+    note = f"whiskers: 95 % bootstrap intervals over {resampled}"
+    if not pointing:
+        note += "; no pointing game: no ground truth (stain masks, or --masks / --boxes / --points)"
+    fig.supxlabel(note, fontsize=8, color="#4a5568")
     return fig
 
 
@@ -102,13 +131,19 @@ def compare_figure(comparison: Comparison, title: str = "", look: Look = LOOK) -
         ax.set_xticks([])
         ax.set_yticks([])
     pairs = "; ".join(
-        f"{pair}: rho {_two(scores.mean_spearman())}, top-10% IoU {_two(scores.to_json()['top10_iou'])}"
-        for pair, scores in comparison.pairs.items()
+        f"{pair}: rho {_two(figures['spearman'], figures['spearman_ci95'])}, "
+        f"top-10% IoU {_two(figures['top10_iou'], figures['top10_iou_ci95'])}"
+        for pair, figures in ((pair, scores.to_json()) for pair, scores in comparison.pairs.items())
     )
     heading = title or f"{comparison.method} maps of {comparison.images} images"
+    if pairs and comparison.bootstrap:
+        pairs += f"\n(95 % intervals over {unit_count(comparison.bootstrap['units'], comparison.bootstrap['unit'])})"
     fig.suptitle(f"{heading}\n{pairs}" if pairs else heading, fontsize=10)
     return fig
 
 
-def _two(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+def _two(value: float | None, bounds: Sequence[float] | None = None) -> str:
+    """A figure to two decimals, with its 95 % interval in brackets where there is one."""
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}" + (f" [{bounds[0]:.2f}, {bounds[1]:.2f}]" if bounds else "")

@@ -26,6 +26,7 @@ from wtl.evaluation.inputs import ModelLike
 from wtl.evaluation.registry import OUTCOMES
 from wtl.evaluation.result import EvaluationResult, ImageRecord
 from wtl.maps.registry import FUSIONS
+from wtl.metrics.bootstrap import unit_count
 from wtl.metrics.localisation import POINTING_TOLERANCES
 from wtl.metrics.sanity import SanityResult
 from wtl.plot import interventions as intervention_report
@@ -86,7 +87,7 @@ def _summary(result: EvaluationResult) -> str:
     shown = f" (95 % interval {100 * bounds[0]:.1f}–{100 * bounds[1]:.1f} %)" if bounds else ""
     parts = [
         f"<p>Accuracy <b>{accuracy}</b>{shown} on {_e(report.images)} images. Every interval in this report is a "
-        f"95 % percentile bootstrap over the {_e(described['units'])} {_e(described['unit'])}s "
+        f"95 % percentile bootstrap over the {_e(unit_count(described['units'], described['unit']))} "
         f"({_e(described['replicates'])} replicates): cells of one patient, faces of one person, are not "
         "independent draws.</p>"
     ]
