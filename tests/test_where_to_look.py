@@ -556,6 +556,12 @@ def test_gender100_is_the_mean_of_single_heatmaps(gender_runs, gender_root):
     assert not np.allclose(data["heatmap_male"], data["heatmap_female"])
     check_png(gender_runs["g100"] / "gender100.png")
     check_png(gender_runs["g100"] / "gender_overlay.png")
+    # Each region's density with its interval; these file names say no person, so each face is its own unit.
+    regions = json.loads((gender_runs["g100"] / "gender100_regions.json").read_text())
+    assert regions["bootstrap"]["unit"] == "image" and regions["bootstrap"]["units"] == {"Female": 3, "Male": 3}
+    for figures in (f for shares in regions["shares"].values() for f in shares.values()):
+        low, high = figures["density_ci95"]
+        assert low <= figures["density"] <= high
     with np.load(gender_runs["g100"] / "gender_overlay.npz") as npz:
         np.testing.assert_allclose(npz["difference"], data["heatmap_male"] - data["heatmap_female"], atol=1e-6)
 

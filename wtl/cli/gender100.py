@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from wtl.cli import common
 
@@ -39,17 +40,30 @@ def add_overlay_arguments(p: argparse.ArgumentParser) -> None:
     common.output_flags(p)
 
 
-def _print_regions(shares: dict[str, dict[str, dict[str, float]]]) -> None:
-    """Where each gender's averaged map lies: its share and density per face region."""
+def _print_regions(shares: dict[str, dict[str, dict[str, Any]]], resampled: dict[str, Any]) -> None:
+    """Where each gender's averaged map lies: its share and density, with the density's interval, per face region."""
+    from wtl.metrics.bootstrap import unit_count
+
+    def bracketed(bounds: list[float] | None) -> str:
+        return "" if bounds is None else f"[{bounds[0]:.2f}, {bounds[1]:.2f}]"
+
     genders = list(shares)
     regions = list(shares[genders[0]])
-    print(f"\n{'region':<17}{'area':>7}" + "".join(f"{g + ' share':>14}{'density':>9}" for g in genders))
+    header = f"\n{'region':<17}{'area':>7}" + "".join(
+        f"{g + ' share':>14}{'density':>9}{'[95 %]':^14}" for g in genders
+    )
+    print(header.rstrip())
     for region in regions:
         row = f"{region:<17}{shares[genders[0]][region]['area']:>7.1%}"
         for g in genders:
-            row += f"{shares[g][region]['share']:>14.1%}{shares[g][region]['density']:>9.2f}"
-        print(row)
-    print("(share: of the averaged map's total; density: share / area, above 1 = more than an average pixel)\n")
+            figures = shares[g][region]
+            row += f"{figures['share']:>14.1%}{figures['density']:>9.2f} {bracketed(figures.get('density_ci95')):<13}"
+        print(row.rstrip())
+    counts = ", ".join(f"{unit_count(n, resampled['unit'])} ({g})" for g, n in resampled["units"].items())
+    print(
+        "(share: of the averaged map's total; density: share / area, above 1 = more than an average pixel; "
+        f"[95 % interval]: bootstrap over {counts}, {resampled['replicates']} replicates)\n"
+    )
 
 
 def run(args: argparse.Namespace) -> list[Path]:
@@ -73,9 +87,11 @@ def run(args: argparse.Namespace) -> list[Path]:
     outputs = Outputs(args.out, args.save_npz)
     look = common.look_of(args)
     drawing.render_gender100(maps, outputs, model, look)
-    shares = gender100.region_shares(maps, model.image_size, model.preprocess)
-    _print_regions(shares)
-    outputs.json({"regions": faces.REGIONS, "preprocess": model.preprocess, "shares": shares}, "gender100_regions")
+    shares = gender100.region_shares(maps, model.image_size, model.preprocess, seed=args.seed)
+    resampled = gender100.resampling(maps)
+    _print_regions(shares, resampled)
+    numbers = {"regions": faces.REGIONS, "preprocess": model.preprocess, "shares": shares, "bootstrap": resampled}
+    outputs.json(numbers, "gender100_regions")
     drawing.render_regions(maps, shares, model, outputs)
     if args.stability:
         gender100.stability(model, maps, args.data_dir, args.seed, class_index, args.method, args.batch_size)

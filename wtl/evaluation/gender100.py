@@ -7,8 +7,9 @@ of the same faces, so Gender100 shows exactly what `single` would show for each 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,21 +18,31 @@ from wtl.checkpoints.loading import LoadedModel
 from wtl.data.datasets import GenderSet
 from wtl.data.images import chunks
 from wtl.errors import DatasetError, UsageError
+from wtl.evaluation.units import resampler_of, units_of
 from wtl.maps.explain import explain
 from wtl.maps.ops import average_heatmap
 from wtl.metrics import faces
 from wtl.metrics.agreement import spearman
+from wtl.metrics.bootstrap import DEFAULT_REPLICATES, LEVEL, interval
 
 GENDERS = GenderSet.CLASSES  # ("Female", "Male"), the class order of the gender models
 
 
 @dataclass
 class GenderMaps:
-    """Gender100's result: per gender the averaged heatmap (S, S), the mean face (S, S, 3) and the files used."""
+    """Gender100's result: per gender the averaged heatmap (S, S), the mean face (S, S, 3) and the files used.
+
+    For the regions' intervals also, per gender and face: its map's sum in each face region
+    (`masses`, (N, R) in metrics.faces' order), over the picture (`totals`, (N,)), and whose face it is (`units`).
+    """
 
     heatmaps: dict[str, np.ndarray]
     faces: dict[str, np.ndarray]
     files: dict[str, list[str]]
+    masses: dict[str, np.ndarray] = field(default_factory=dict)
+    totals: dict[str, np.ndarray] = field(default_factory=dict)
+    units: dict[str, list[str]] = field(default_factory=dict)
+    unit: str = "person"
 
 
 def check_gender_model(model: LoadedModel) -> None:
@@ -40,18 +51,33 @@ def check_gender_model(model: LoadedModel) -> None:
         raise UsageError(f"{model.path.name}: gender100 needs a gender model (classes Female, Male)")
 
 
+@dataclass
+class _Averaged:
+    """The mean heatmap (S, S) and mean input (3, S, S) of some pictures; each map's region sums (N, R), (N,)."""
+
+    heatmap: torch.Tensor
+    face: torch.Tensor
+    masses: torch.Tensor
+    totals: torch.Tensor
+
+
 def _average(
     model: LoadedModel, paths: Sequence[Path], method: str, class_index: int | None, batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean heatmap (S, S), mean input (3, S, S)) of the pictures, explained batch by batch."""
+) -> _Averaged:
+    """The pictures' mean heatmap and mean input, and each map's sums in the face regions; batch by batch."""
     size = model.image_size
+    masks = faces.region_masks(size, model.preprocess)
     total_heat, total_face = torch.zeros((size, size)), torch.zeros((3, size, size))
+    masses, totals = [], []
     for chunk in chunks(list(paths), batch_size):
         result = explain(model, list(chunk), method, "last", class_index, batch_size=batch_size)
         # Sums of batch means, weighted by the batch's size: the mean over all pictures.
         total_heat += average_heatmap(result.heatmap) * len(chunk)
         total_face += result.inputs.images.sum(0)
-    return total_heat / len(paths), total_face / len(paths)
+        inside, whole = faces.region_masses(result.heatmap, masks)
+        masses.append(inside)
+        totals.append(whole)
+    return _Averaged(total_heat / len(paths), total_face / len(paths), torch.cat(masses), torch.cat(totals))
 
 
 def gender100_maps(
@@ -66,24 +92,54 @@ def gender100_maps(
     """Average the maps of `count` seeded-random test faces per gender (all of them where there are fewer)."""
     check_gender_model(model)
     test = GenderSet(data_dir, "test", max_samples_per_class=count, seed=seed, size=model.image_size)
-    heatmaps, means, files = {}, {}, {}
+    maps = GenderMaps({}, {}, {})
     for label, gender in enumerate(GENDERS):
         paths = [p for p, y in test.samples if y == label]
         if not paths:
             raise DatasetError(f"{data_dir}: no {gender} test images (expected Dataset/Test/{gender}/)")
         if len(paths) < count:
             print(f"note: only {len(paths)} {gender} test faces in {data_dir}: averaging all {len(paths)}")
-        heat, face = _average(model, paths, method, class_index, batch_size)
-        heatmaps[gender] = heat.numpy()
-        means[gender] = face.permute(1, 2, 0).numpy()
-        files[gender] = [str(p) for p in paths]
-    return GenderMaps(heatmaps, means, files)
+        averaged = _average(model, paths, method, class_index, batch_size)
+        maps.heatmaps[gender] = averaged.heatmap.numpy()
+        maps.faces[gender] = averaged.face.permute(1, 2, 0).numpy()
+        maps.files[gender] = [str(p) for p in paths]
+        maps.masses[gender], maps.totals[gender] = averaged.masses.numpy(), averaged.totals.numpy()
+        maps.unit, maps.units[gender] = units_of(test, maps.files[gender])
+    return maps
 
 
-def region_shares(maps: GenderMaps, size: int, preprocess: str) -> dict[str, dict[str, dict[str, float]]]:
-    """Per gender and face region (metrics.faces): the averaged map's share, the region's area, their ratio."""
+def region_shares(
+    maps: GenderMaps, size: int, preprocess: str, replicates: int = DEFAULT_REPLICATES, seed: int = 0
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per gender and face region (metrics.faces): the averaged map's share, the region's area, their ratio
+    (`density`) and its 95 % interval (`density_ci95`), resampling the people whose faces were averaged."""
     masks = faces.region_masks(size, preprocess)
-    return {g: faces.region_shares(torch.from_numpy(maps.heatmaps[g]), masks) for g in GENDERS}
+    shares: dict[str, dict[str, dict[str, Any]]] = {}
+    for gender in GENDERS:
+        shares[gender] = dict(faces.region_shares(torch.from_numpy(maps.heatmaps[gender]), masks))
+        if gender not in maps.masses:
+            continue
+        resampler = resampler_of(maps.unit, maps.units[gender], replicates, seed)
+        masses, totals = maps.masses[gender], maps.totals[gender]
+        for column, name in enumerate(masks):
+            area = shares[gender][name]["area"]
+            # The figure from the same float64 sums as its replicates, so that it lies inside its interval.
+            shares[gender][name]["share"] = float(masses[:, column].sum() / totals.sum()) if totals.sum() else 0.0
+            shares[gender][name]["density"] = shares[gender][name]["share"] / area if area else 0.0
+            share = resampler.ratio(masses[:, column], totals)
+            bounds = interval(share / area) if area else None
+            shares[gender][name]["density_ci95"] = None if bounds is None else [bounds[0], bounds[1]]
+    return shares
+
+
+def resampling(maps: GenderMaps, replicates: int = DEFAULT_REPLICATES) -> dict[str, Any]:
+    """What region_shares' intervals resample: the unit, how many per gender, the replicates."""
+    return {
+        "unit": maps.unit,
+        "units": {g: len(set(maps.units.get(g, []))) for g in GENDERS},
+        "replicates": replicates,
+        "level": LEVEL,
+    }
 
 
 def stability(
@@ -107,7 +163,7 @@ def stability(
             continue
         order = np.random.default_rng(seed + 1).permutation(len(rest))[: len(used)]
         pick = [Path(rest[i]) for i in sorted(order)]
-        other, _ = _average(model, pick, method, class_index, batch_size)
+        other = _average(model, pick, method, class_index, batch_size).heatmap
         rhos[gender] = spearman(torch.from_numpy(maps.heatmaps[gender]), other)
         print(
             f"{gender}: the map of {len(pick)} other test faces agrees with this one at Spearman rho {rhos[gender]:.3f}"

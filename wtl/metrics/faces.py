@@ -67,3 +67,15 @@ def region_shares(heatmap: torch.Tensor, masks: dict[str, torch.Tensor]) -> dict
         area = float(mask.sum()) / pixels
         shares[name] = {"share": share, "area": area, "density": share / area if area else 0.0}
     return shares
+
+
+def region_masses(heatmaps: torch.Tensor, masks: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """((N, R) each map's sum inside each region, in `masks`' order; (N,) its sum over the picture).
+
+    Negative evidence counts 0, as in `region_shares`. The mean map's share of region r is
+    sum_i masses[i, r] / sum_i totals[i] (averaging is linear), so a bootstrap that resamples
+    the maps' units resamples these sums, and `region_shares` of the mean map is their ratio.
+    """
+    heat = heatmaps.double().clamp_min(0)
+    masses = torch.stack([heat[:, mask].sum(dim=1) for mask in masks.values()], dim=1)
+    return masses, heat.flatten(1).sum(dim=1)

@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib import patheffects
@@ -192,7 +193,7 @@ def blend_figure(
 
 
 def regions_figure(
-    faces: dict[str, np.ndarray], shares: dict[str, dict[str, dict[str, float]]], size: int, preprocess: str
+    faces: dict[str, np.ndarray], shares: dict[str, dict[str, dict[str, Any]]], size: int, preprocess: str
 ) -> Figure:
     """The face regions outlined on the mean face, and each gender's map density per region as bars."""
     masks = face_regions.region_masks(size, preprocess)
@@ -231,12 +232,22 @@ def regions_figure(
     genders = list(shares)
     bar = 0.8 / len(genders)
     for index, (gender, colour) in enumerate(zip(genders, ["tab:red", "tab:blue"])):
-        densities = [shares[gender][name]["density"] for name in names]
-        right.barh(positions + (index - (len(genders) - 1) / 2) * bar, densities, bar, label=gender, color=colour)
+        densities = np.asarray([shares[gender][name]["density"] for name in names])
+        # The density's 95 % interval as a whisker where region_shares gave one (none: no whisker, not a wrong one).
+        bounds = [shares[gender][name].get("density_ci95") or (d, d) for name, d in zip(names, densities)]
+        errors = np.abs(np.asarray(bounds, dtype=float).T - densities)
+        rows = positions + (index - (len(genders) - 1) / 2) * bar
+        right.barh(
+            rows, densities, bar, xerr=errors, label=gender, color=colour, capsize=2, error_kw={"elinewidth": 0.8}
+        )
     right.axvline(1.0, color="grey", linewidth=0.8, linestyle="--")
     right.set_yticks(positions, names)
     right.invert_yaxis()
-    right.set_xlabel("density of the averaged map (share / area; 1 = an average pixel)")
+    whiskers = any(figures.get("density_ci95") for regions in shares.values() for figures in regions.values())
+    right.set_xlabel(
+        "density of the averaged map (share / area; 1 = an average pixel)"
+        + ("\nwhiskers: 95 % intervals resampling the people whose faces were averaged" if whiskers else "")
+    )
     right.legend(title="map of the test faces of", fontsize=8)
     right.set_title("where each gender's averaged map lies", fontsize=10)
     return fig
