@@ -137,9 +137,9 @@ def format_intervention(result: EvaluationResult) -> str:
         flipped = with_interval(row["flipped"], row.get("flipped_ci95"), True)
         paired = interval_text(row.get("drop_minus_control_ci95"))
         lines.append(f"{region_name(region):<28}{drop:>26}{flipped:>24}{paired:>26}")
-    if data["controls_not_translated"]:
+    if unfit := data["controls_not_translated"]:
         lines.append(
-            f"({data['controls_not_translated']} controls did not fit as a moved copy of the region: the "
+            f"({unfit} control{'s' if unfit > 1 else ''} did not fit as a moved copy of the region: the "
             "cell pixels furthest from it stand in)"
         )
     return "\n".join(lines)
