@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from wtl.evaluation.compare import Comparison
 from wtl.evaluation.result import EvaluationResult
 from wtl.metrics.bootstrap import unit_count
-from wtl.plot.style import FEATURE_CMAP, LOOK, Look
+from wtl.plot.style import FEATURE_CMAP, LOOK, Look, whisker_lengths
 
 Bar = tuple[str, str, str]  # (the figure's key in evaluate's JSON, label, colour)
 POINTING_BARS: tuple[Bar, ...] = (
@@ -58,9 +58,7 @@ def _grouped_bars(ax: Any, result: EvaluationResult, rows: Sequence[Row], bars: 
             continue
         xs = np.asarray([p for p, _ in shown]) + (i - (len(bars) - 1) / 2) * width
         ys = np.asarray([value for _, (value, _) in shown])
-        # An interval that is not defined (one unit, or none resampled) draws no whisker rather than a wrong one.
-        bounds = [ci if ci is not None else (value, value) for _, (value, ci) in shown]
-        errors = np.abs(np.asarray(bounds, dtype=float).T - ys)
+        errors = whisker_lengths(ys, [ci for _, (_, ci) in shown])
         drawn = ax.bar(xs, ys, width, yerr=errors, label=label, color=colour, capsize=2, error_kw={"elinewidth": 0.8})
         ax.bar_label(drawn, fmt="%.2f", fontsize=7, padding=1)  # above the whisker, which bar_label knows of
     ax.set_xticks(positions, [label for label, _, _ in rows], fontsize=8)
@@ -71,7 +69,9 @@ def _grouped_bars(ax: Any, result: EvaluationResult, rows: Sequence[Row], bars: 
 
 def _measured(result: EvaluationResult, rows: Sequence[Row], bars: Sequence[Bar]) -> bool:
     """Whether any bar of the panel has a value (faces without --masks/--boxes have no pointing game)."""
-    return any(_figure(result, row, key) is not None for row in rows for key, _, _ in bars)
+    # The per-image values alone: no bootstrap just to learn whether there is a bar to draw.
+    views = [result.methods[method][view] for _, method, view in rows]
+    return any(not np.isnan(scores.per_image(key)).all() for scores in views for key, _, _ in bars)
 
 
 def metrics_chart(result: EvaluationResult, title: str = "") -> Figure:

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
 from wtl.metrics import faces as face_regions
-from wtl.plot.style import DIFFERENCE_ALPHA, DIFFERENCE_CMAP, DPI, LOOK, Look, greyscale, title_colour
+from wtl.plot.style import DIFFERENCE_ALPHA, DIFFERENCE_CMAP, DPI, LOOK, Look, greyscale, title_colour, whisker_lengths
 
 
 def overlay(ax: Axes, image: np.ndarray, heat: np.ndarray | None, title: str = "", look: Look = LOOK) -> AxesImage:
@@ -233,9 +233,7 @@ def regions_figure(
     bar = 0.8 / len(genders)
     for index, (gender, colour) in enumerate(zip(genders, ["tab:red", "tab:blue"])):
         densities = np.asarray([shares[gender][name]["density"] for name in names])
-        # The density's 95 % interval as a whisker where region_shares gave one (none: no whisker, not a wrong one).
-        bounds = [shares[gender][name].get("density_ci95") or (d, d) for name, d in zip(names, densities)]
-        errors = np.abs(np.asarray(bounds, dtype=float).T - densities)
+        errors = whisker_lengths(densities, [shares[gender][name].get("density_ci95") for name in names])
         rows = positions + (index - (len(genders) - 1) / 2) * bar
         right.barh(
             rows, densities, bar, xerr=errors, label=gender, color=colour, capsize=2, error_kw={"elinewidth": 0.8}

@@ -89,3 +89,12 @@ def greyscale(picture: np.ndarray) -> np.ndarray:
     grey = picture[..., 0] * 0.299 + picture[..., 1] * 0.587 + picture[..., 2] * 0.114
     grey = np.repeat(grey[..., None], 3, axis=-1)
     return grey.round().astype(picture.dtype) if picture.dtype == np.uint8 else grey.astype(picture.dtype)
+
+
+def whisker_lengths(values: np.ndarray, bounds: list) -> np.ndarray:
+    """(2, N) distances below and above each value to its interval, as matplotlib's yerr/xerr take them.
+
+    An undefined interval (None: one unit, or none resampled) gets no whisker rather than a wrong one.
+    """
+    spans = [b if b is not None else (v, v) for v, b in zip(values, bounds)]
+    return np.abs(np.asarray(spans, dtype=float).T - np.asarray(values, dtype=float))
